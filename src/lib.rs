@@ -1,0 +1,7 @@
+//! mcm-provider-aws: a Kubernetes operator that reconciles Gardener
+//! machine-controller-manager objects (`machine.sapcloud.io/v1alpha1`) against
+//! EC2.
+//!
+//! - [`api`]: the CRD types, their generated schemas and the validation the
+//!   schema cannot express.
+pub mod api;
