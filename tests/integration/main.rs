@@ -1,0 +1,11 @@
+//! Integration tests against real components: kube-apiserver + etcd +
+//! kube-controller-manager and the moto EC2 server, started once for this
+//! test binary by `support::env()` (see `hack/envtest.sh`). They fail, never
+//! skip, when the environment is missing: run `make test-env`.
+
+mod support;
+
+mod crds;
+mod samples;
+mod scale;
+mod status;
