@@ -4,4 +4,8 @@
 //!
 //! - [`api`]: the CRD types, their generated schemas and the validation the
 //!   schema cannot express.
+//! - [`aws`]: EC2 clients, request building, error classes, rate limiting.
+//! - [`controller`]: the reconcilers.
 pub mod api;
+pub mod aws;
+pub mod controller;

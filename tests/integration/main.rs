@@ -6,6 +6,7 @@
 mod support;
 
 mod crds;
+mod harness;
 mod samples;
 mod scale;
 mod status;

@@ -23,7 +23,12 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, Config};
 
+pub mod ec2;
 pub mod fixtures;
+pub mod kubelet;
+pub mod operator;
+pub mod proxy;
+pub mod wait;
 
 /// A running test environment; see the module docs.
 pub struct TestEnv {

@@ -1,0 +1,259 @@
+//! The shared, batched view of instances.
+//!
+//! Machines do not each ask EC2 about their instance. Per credentials+region
+//! the view keeps one snapshot of every instance carrying the machine-UID tag,
+//! fetched with one paginated DescribeInstances; a read older than the sync
+//! period refreshes it, and concurrent readers share that one refresh. Instances
+//! outside the snapshot (adopted from MCM, or just launched) are looked up by
+//! ID directly.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::types::{Filter, Instance};
+
+use super::clients::{ClientKey, Ec2Handle};
+use super::errors::{Ec2Error, ErrorClass};
+use super::tags::{MACHINE_NAME_TAG, MACHINE_UID_TAG};
+
+/// EC2 instance states, as far as machines care.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InstanceState {
+    Pending,
+    Running,
+    Stopping,
+    Stopped,
+    ShuttingDown,
+    Terminated,
+    Unknown,
+}
+
+impl InstanceState {
+    fn parse(s: &str) -> Self {
+        match s {
+            "pending" => Self::Pending,
+            "running" => Self::Running,
+            "stopping" => Self::Stopping,
+            "stopped" => Self::Stopped,
+            "shutting-down" => Self::ShuttingDown,
+            "terminated" => Self::Terminated,
+            _ => Self::Unknown,
+        }
+    }
+
+    /// shutting-down or terminated: the instance is on its way out for good.
+    pub fn is_gone(self) -> bool {
+        matches!(self, Self::ShuttingDown | Self::Terminated)
+    }
+}
+
+/// What the operator needs to know about one instance.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InstanceInfo {
+    pub id: String,
+    pub state: InstanceState,
+    /// Why EC2 changed the state last (e.g. a spot interruption).
+    pub state_reason: Option<String>,
+    pub instance_type: Option<String>,
+    pub private_dns_name: Option<String>,
+    pub availability_zone: Option<String>,
+    pub tags: BTreeMap<String, String>,
+}
+
+impl InstanceInfo {
+    pub fn machine_uid(&self) -> Option<&str> {
+        self.tags.get(MACHINE_UID_TAG).map(String::as_str)
+    }
+
+    /// `<namespace>/<name>` of the Machine, from the tag.
+    pub fn machine_name(&self) -> Option<&str> {
+        self.tags.get(MACHINE_NAME_TAG).map(String::as_str)
+    }
+}
+
+impl From<&Instance> for InstanceInfo {
+    fn from(i: &Instance) -> Self {
+        let state = i
+            .state()
+            .and_then(|s| s.name())
+            .map(|n| InstanceState::parse(n.as_str()))
+            .unwrap_or(InstanceState::Unknown);
+        let state_reason = i
+            .state_reason()
+            .and_then(|r| r.message().or(r.code()))
+            .map(str::to_string)
+            .or_else(|| {
+                i.state_transition_reason()
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+            });
+        Self {
+            id: i.instance_id().unwrap_or_default().to_string(),
+            state,
+            state_reason,
+            instance_type: i.instance_type().map(|t| t.as_str().to_string()),
+            private_dns_name: i
+                .private_dns_name()
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+            availability_zone: i
+                .placement()
+                .and_then(|p| p.availability_zone())
+                .map(str::to_string),
+            tags: i
+                .tags()
+                .iter()
+                .filter_map(|t| {
+                    Some((
+                        t.key()?.to_string(),
+                        t.value().unwrap_or_default().to_string(),
+                    ))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Instance ID from a providerID `aws:///<region-or-zone>/<instance-id>`.
+pub fn instance_id_from_provider_id(provider_id: &str) -> Option<&str> {
+    let id = provider_id.rsplit('/').next()?;
+    id.starts_with("i-").then_some(id)
+}
+
+/// Runs DescribeInstances with `filters` (or `ids`), following every page.
+pub async fn describe(
+    handle: &Ec2Handle,
+    filters: Vec<Filter>,
+    ids: Vec<String>,
+) -> Result<Vec<InstanceInfo>, Ec2Error> {
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let req = handle
+            .client
+            .describe_instances()
+            .set_filters((!filters.is_empty()).then(|| filters.clone()))
+            .set_instance_ids((!ids.is_empty()).then(|| ids.clone()))
+            .set_max_results(ids.is_empty().then_some(1000))
+            .set_next_token(token.take());
+        let page = if filters.is_empty() && !ids.is_empty() {
+            handle.call("DescribeInstances", req.send()).await?
+        } else {
+            handle
+                .call_filtered("DescribeInstances", req.send())
+                .await?
+        };
+        for r in page.reservations() {
+            out.extend(r.instances().iter().map(InstanceInfo::from));
+        }
+        match page.next_token() {
+            Some(t) if !t.is_empty() => token = Some(t.to_string()),
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// Every instance tagged with the Machine UID `uid` (all states), asked of
+/// EC2 directly: used before creating and while deleting, where a stale
+/// answer could start a second instance or leak one.
+pub async fn by_machine_uid(handle: &Ec2Handle, uid: &str) -> Result<Vec<InstanceInfo>, Ec2Error> {
+    let filter = Filter::builder()
+        .name(format!("tag:{MACHINE_UID_TAG}"))
+        .values(uid)
+        .build();
+    describe(handle, vec![filter], vec![]).await
+}
+
+/// One instance by ID, asked of EC2 directly; `None` when EC2 does not know it.
+pub async fn by_id(handle: &Ec2Handle, id: &str) -> Result<Option<InstanceInfo>, Ec2Error> {
+    match describe(handle, vec![], vec![id.to_string()]).await {
+        Ok(found) => Ok(found.into_iter().find(|i| i.id == id)),
+        Err(e) if e.class == ErrorClass::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[derive(Default)]
+struct Snapshot {
+    fetched: Option<Instant>,
+    by_id: HashMap<String, InstanceInfo>,
+}
+
+/// See the module docs.
+#[derive(Default)]
+pub struct InstanceView {
+    snapshots: Mutex<HashMap<ClientKey, Arc<tokio::sync::Mutex<Snapshot>>>>,
+}
+
+impl InstanceView {
+    fn slot(&self, key: &ClientKey) -> Arc<tokio::sync::Mutex<Snapshot>> {
+        self.snapshots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// The instance `id` as of at most `max_age` ago. Instances outside the
+    /// tagged snapshot are asked for directly.
+    pub async fn get(
+        &self,
+        handle: &Ec2Handle,
+        id: &str,
+        max_age: Duration,
+    ) -> Result<Option<InstanceInfo>, Ec2Error> {
+        let slot = self.slot(&handle.key);
+        let mut snap = slot.lock().await;
+        if snap.fetched.is_none_or(|t| t.elapsed() > max_age) {
+            let filter = Filter::builder()
+                .name("tag-key")
+                .values(MACHINE_UID_TAG)
+                .build();
+            let all = describe(handle, vec![filter], vec![]).await?;
+            snap.by_id = all.into_iter().map(|i| (i.id.clone(), i)).collect();
+            snap.fetched = Some(Instant::now());
+        }
+        if let Some(found) = snap.by_id.get(id) {
+            return Ok(Some(found.clone()));
+        }
+        drop(snap);
+        by_id(handle, id).await
+    }
+
+    /// Records what an operation just learned (a launch, a termination), so
+    /// readers see it before the next refresh.
+    pub async fn record(&self, key: &ClientKey, info: InstanceInfo) {
+        let slot = self.slot(key);
+        slot.lock().await.by_id.insert(info.id.clone(), info);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_id_comes_from_region_or_zone_provider_ids() {
+        assert_eq!(
+            instance_id_from_provider_id("aws:///eu-west-1/i-0abc"),
+            Some("i-0abc")
+        );
+        assert_eq!(
+            instance_id_from_provider_id("aws:///eu-west-1a/i-0abc"),
+            Some("i-0abc")
+        );
+        assert_eq!(instance_id_from_provider_id("gce://p/z/vm"), None);
+        assert_eq!(instance_id_from_provider_id(""), None);
+    }
+
+    #[test]
+    fn states_parse_and_gone_means_shutting_down_or_terminated() {
+        assert_eq!(InstanceState::parse("running"), InstanceState::Running);
+        assert!(InstanceState::parse("terminated").is_gone());
+        assert!(InstanceState::parse("shutting-down").is_gone());
+        assert!(!InstanceState::parse("stopped").is_gone());
+        assert_eq!(InstanceState::parse("weird"), InstanceState::Unknown);
+    }
+}

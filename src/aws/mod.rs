@@ -1,0 +1,12 @@
+//! Everything that talks to EC2: credentials and client cache, request
+//! building, error classes, client-side rate limiting and the batched view of
+//! instances.
+
+pub mod clients;
+pub mod credentials;
+pub mod errors;
+pub mod images;
+pub mod instances;
+pub mod launch;
+pub mod rate_limit;
+pub mod tags;

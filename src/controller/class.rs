@@ -1,0 +1,175 @@
+//! Protection of MachineClasses and their Secrets: while a Machine references
+//! a class, the class carries the finalizer
+//! `machine.sapcloud.io/machine-controller-manager` and every Secret it
+//! references carries `machine.sapcloud.io/machine-controller`, so neither can
+//! disappear under a running machine. Both are released when nothing uses them.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::info;
+
+use super::context::Context;
+use super::error::{Error, Result};
+use super::machine::FINALIZER;
+use crate::api::machine_class::MachineClass;
+
+/// Finalizer on Secrets referenced by a class in use, as MCM names it.
+pub const SECRET_FINALIZER: &str = "machine.sapcloud.io/machine-controller";
+
+/// Whether any Machine in `ns` references class `name`.
+fn class_in_use(ctx: &Context, ns: &str, name: &str) -> bool {
+    ctx.machines
+        .state()
+        .iter()
+        .any(|m| m.namespace().as_deref() == Some(ns) && m.spec.class.name == name)
+}
+
+/// `namespace/name` of every Secret a class references.
+fn secrets_of(class: &MachineClass) -> BTreeSet<(String, String)> {
+    let ns = class.namespace().unwrap_or_default();
+    [
+        class.secret_ref.as_ref(),
+        class.credentials_secret_ref.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|r| {
+        let name = r.name.clone().filter(|n| !n.is_empty())?;
+        let secret_ns = r
+            .namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| ns.clone());
+        Some((secret_ns, name))
+    })
+    .collect()
+}
+
+/// Reconciles one class: finalizers on it and its Secrets follow its use.
+pub async fn reconcile(class: Arc<MachineClass>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = class
+        .namespace()
+        .ok_or_else(|| Error::Invalid("MachineClass has no namespace".into()))?;
+    let name = class.name_any();
+    let in_use = class_in_use(&ctx, &ns, &name);
+    let api = Api::<MachineClass>::namespaced(ctx.client.clone(), &ns);
+    let has = class.finalizers().iter().any(|f| f == FINALIZER);
+    if in_use && !has && class.meta().deletion_timestamp.is_none() {
+        set_finalizers(&api, &class, with(class.finalizers(), FINALIZER)).await?;
+        info!(class = %name, "class in use: protected");
+    } else if !in_use && has {
+        set_finalizers(&api, &class, without(class.finalizers(), FINALIZER)).await?;
+        info!(class = %name, "class no longer in use: released");
+    }
+
+    // Secrets: protected while some class in use references them.
+    let classes = Api::<MachineClass>::namespaced(ctx.client.clone(), &ns)
+        .list(&Default::default())
+        .await?;
+    for (secret_ns, secret_name) in secrets_of(&class) {
+        let needed = classes.items.iter().any(|c| {
+            secrets_of(c).contains(&(secret_ns.clone(), secret_name.clone()))
+                && class_in_use(&ctx, &ns, &c.name_any())
+        });
+        let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &secret_ns);
+        let Some(secret) = secrets.get_opt(&secret_name).await? else {
+            continue;
+        };
+        let has = secret.finalizers().iter().any(|f| f == SECRET_FINALIZER);
+        if needed && !has && secret.meta().deletion_timestamp.is_none() {
+            set_finalizers(
+                &secrets,
+                &secret,
+                with(secret.finalizers(), SECRET_FINALIZER),
+            )
+            .await?;
+        } else if !needed && has {
+            set_finalizers(
+                &secrets,
+                &secret,
+                without(secret.finalizers(), SECRET_FINALIZER),
+            )
+            .await?;
+        }
+    }
+    // Classes are re-checked when their Machines change; a slow resync guards
+    // against missed events.
+    Ok(Action::requeue(Duration::from_secs(600)))
+}
+
+pub fn error_policy(_class: Arc<MachineClass>, _error: &Error, _ctx: Arc<Context>) -> Action {
+    Action::requeue(Duration::from_secs(10))
+}
+
+fn with(current: &[String], f: &str) -> Vec<String> {
+    let mut out = current.to_vec();
+    out.push(f.to_string());
+    out
+}
+
+fn without(current: &[String], f: &str) -> Vec<String> {
+    current.iter().filter(|x| *x != f).cloned().collect()
+}
+
+/// Replaces the finalizer list, guarded by the resourceVersion we read so a
+/// concurrent change is retried rather than overwritten.
+async fn set_finalizers<K>(api: &Api<K>, obj: &K, finalizers: Vec<String>) -> Result<()>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch = json!({
+        "metadata": {
+            "resourceVersion": obj.resource_version(),
+            "finalizers": finalizers,
+        }
+    });
+    api.patch(
+        &obj.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::SecretReference;
+
+    #[test]
+    fn secrets_of_a_class_default_to_its_namespace() {
+        let mut class = MachineClass::new("c", Default::default());
+        class.metadata.namespace = Some("ns".into());
+        class.secret_ref = Some(SecretReference {
+            name: Some("a".into()),
+            namespace: None,
+        });
+        class.credentials_secret_ref = Some(SecretReference {
+            name: Some("b".into()),
+            namespace: Some("other".into()),
+        });
+        let got: Vec<_> = secrets_of(&class).into_iter().collect();
+        assert_eq!(
+            got,
+            [
+                ("ns".to_string(), "a".to_string()),
+                ("other".to_string(), "b".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn finalizer_lists_add_and_remove_one_entry() {
+        let list = vec!["x".to_string()];
+        assert_eq!(with(&list, "y"), ["x", "y"]);
+        assert_eq!(without(&with(&list, "y"), "y"), ["x"]);
+    }
+}

@@ -1,0 +1,189 @@
+//! Cordon and drain a Node before its instance is terminated.
+//!
+//! Pods owned by a DaemonSet and mirror (static) pods are left alone, as
+//! `kubectl drain` does; finished pods do not block. Evictions honour
+//! PodDisruptionBudgets (a 429 means "try again later"); a forced drain deletes
+//! the pods with a zero grace period instead. Eviction is sent as `policy/v1`
+//! and falls back to `policy/v1beta1` on API servers that only serve that
+//! (Kubernetes < 1.22); the fallback is remembered for the process.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+/// Annotation the kubelet puts on mirror pods of static manifests.
+const MIRROR_POD_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
+/// Where a drain stands after one pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DrainProgress {
+    /// No pod that must leave is left on the node.
+    Done,
+    /// Pods are still leaving; `blocked` of them were refused eviction (PDB).
+    Waiting { remaining: usize, blocked: usize },
+}
+
+/// Drains nodes of one (target) cluster.
+pub struct Drainer {
+    client: Client,
+    /// The server answered that it does not know `policy/v1` evictions.
+    use_v1beta1: AtomicBool,
+}
+
+impl Drainer {
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            use_v1beta1: AtomicBool::new(false),
+        }
+    }
+
+    /// Marks the node unschedulable. NotFound means there is nothing to cordon.
+    pub async fn cordon(&self, node: &str) -> Result<(), kube::Error> {
+        let api = Api::<Node>::all(self.client.clone());
+        let patch = json!({"spec": {"unschedulable": true}});
+        match api
+            .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One drain pass: evicts (or, when `force`, deletes) every pod that must
+    /// leave the node and reports how many are still there.
+    pub async fn drain_pass(&self, node: &str, force: bool) -> Result<DrainProgress, kube::Error> {
+        let pods = Api::<Pod>::all(self.client.clone())
+            .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
+            .await?;
+        let mut remaining = 0;
+        let mut blocked = 0;
+        for pod in pods.items.iter().filter(|p| must_leave(p)) {
+            remaining += 1;
+            if pod.metadata.deletion_timestamp.is_some() && !force {
+                continue; // already on its way out
+            }
+            let ns = pod.namespace().unwrap_or_default();
+            let name = pod.name_any();
+            let result = if force {
+                Api::<Pod>::namespaced(self.client.clone(), &ns)
+                    .delete(&name, &DeleteParams::default().grace_period(0))
+                    .await
+                    .map(|_| ())
+            } else {
+                self.evict(&ns, &name).await
+            };
+            match result {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => remaining -= 1,
+                Err(e) if status_code(&e) == Some(429) => blocked += 1,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(if remaining == 0 {
+            DrainProgress::Done
+        } else {
+            DrainProgress::Waiting { remaining, blocked }
+        })
+    }
+
+    async fn evict(&self, ns: &str, name: &str) -> Result<(), kube::Error> {
+        if !self.use_v1beta1.load(Ordering::Relaxed) {
+            match self.post_eviction(ns, name, "policy/v1").await {
+                Err(e) if version_unsupported(&e) => {
+                    self.use_v1beta1.store(true, Ordering::Relaxed);
+                }
+                other => return other,
+            }
+        }
+        self.post_eviction(ns, name, "policy/v1beta1").await
+    }
+
+    async fn post_eviction(
+        &self,
+        ns: &str,
+        name: &str,
+        api_version: &str,
+    ) -> Result<(), kube::Error> {
+        let body = json!({
+            "apiVersion": api_version,
+            "kind": "Eviction",
+            "metadata": {"name": name, "namespace": ns},
+        });
+        let req = http::Request::post(format!("/api/v1/namespaces/{ns}/pods/{name}/eviction"))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(&body).map_err(kube::Error::SerdeError)?)
+            .map_err(kube::Error::HttpError)?;
+        self.client
+            .request::<serde_json::Value>(req)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Whether a pod has to leave the node before it goes away.
+pub fn must_leave(pod: &Pod) -> bool {
+    let daemonset = pod
+        .owner_references()
+        .iter()
+        .any(|o| o.kind == "DaemonSet" && o.controller == Some(true));
+    let mirror = pod.annotations().contains_key(MIRROR_POD_ANNOTATION);
+    let finished = matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    );
+    !(daemonset || mirror || finished)
+}
+
+fn status_code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+pub(crate) fn is_not_found(e: &kube::Error) -> bool {
+    status_code(e) == Some(404)
+}
+
+/// An API server without `policy/v1` evictions rejects the body's version.
+fn version_unsupported(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => {
+            (s.code == 400 || s.code == 404 || s.code == 415 || s.code == 422)
+                && s.message.contains("policy/v1")
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(json: serde_json::Value) -> Pod {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn daemonset_mirror_and_finished_pods_stay() {
+        let ds = pod(json!({"metadata": {"name": "a", "ownerReferences": [
+            {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "ds", "uid": "u", "controller": true}]}}));
+        let mirror =
+            pod(json!({"metadata": {"name": "b", "annotations": {MIRROR_POD_ANNOTATION: "x"}}}));
+        let done = pod(json!({"metadata": {"name": "c"}, "status": {"phase": "Succeeded"}}));
+        let rs = pod(json!({"metadata": {"name": "d", "ownerReferences": [
+            {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "u", "controller": true}]}}));
+        let bare = pod(json!({"metadata": {"name": "e"}, "status": {"phase": "Running"}}));
+        assert!(!must_leave(&ds));
+        assert!(!must_leave(&mirror));
+        assert!(!must_leave(&done));
+        assert!(must_leave(&rs));
+        assert!(must_leave(&bare));
+    }
+}

@@ -1,0 +1,945 @@
+//! The Machine reconciler: one EC2 instance per Machine, created, watched and
+//! torn down behind the finalizer `machine.sapcloud.io/machine-controller-manager`.
+//!
+//! apply:   class + secrets → validate (pure) → find the instance (UID tag) →
+//!          create it if missing (idempotent: ClientToken + UID tag) →
+//!          providerID, node label → phase from instance + Node → status.
+//! cleanup: Terminating → cordon + drain the Node → terminate every instance
+//!          of the Machine → wait until EC2 says so → delete the Node →
+//!          release the finalizer. Every step is read back from the world, so
+//!          a restart resumes where the last process stopped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, NodeCondition, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::finalizer::{Event, finalizer};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::context::{Context, MANAGER};
+use super::drain::DrainProgress;
+use super::error::{Error, Result};
+use super::phase::{self, InstanceHealth, NodeHealth, Timeouts};
+use crate::api::machine::{Machine, MachineStatus, NODE_LABEL};
+use crate::api::machine_class::MachineClass;
+use crate::api::shared::{
+    CurrentStatus, LastOperation, MachineOperationType, MachinePhase, MachineState,
+};
+use crate::api::validation::{validate_provider_spec, validate_secret_data};
+use crate::aws::clients::Ec2Handle;
+use crate::aws::credentials::{CredentialSource, merge_secret_data, user_data};
+use crate::aws::errors::{Ec2Error, ErrorClass};
+use crate::aws::instances::{self, InstanceInfo, InstanceState, instance_id_from_provider_id};
+use crate::aws::launch::{LaunchContext, build_run_instances, post_launch_actions};
+
+/// Finalizer on Machines (and on classes in use), as MCM names it.
+pub const FINALIZER: &str = "machine.sapcloud.io/machine-controller-manager";
+/// MCM's annotation with a JSON placement for the instance.
+pub const PLACEMENT_ANNOTATION: &str = "machine.sapcloud.io/awsPlacement";
+/// Condition type we add to `status.conditions` for configuration problems.
+pub const CONDITION_CONFIG_VALID: &str = "MachineConfigurationValid";
+
+const RECHECK_SOON: Duration = Duration::from_secs(5);
+
+/// Entry point of the controller: everything happens behind the finalizer.
+pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = machine
+        .namespace()
+        .ok_or_else(|| Error::Invalid("Machine has no namespace".into()))?;
+    let api = Api::<Machine>::namespaced(ctx.client.clone(), &ns);
+    let key = machine.uid().unwrap_or_default();
+    let result = finalizer(&api, super::machine::FINALIZER, machine, |event| async {
+        match event {
+            Event::Apply(m) => apply(&m, &ctx).await,
+            Event::Cleanup(m) => cleanup(&m, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    if result.is_ok() {
+        ctx.reset_backoff(&key);
+    }
+    result
+}
+
+/// Requeue policy after an error: waits are plain requeues, EC2 errors follow
+/// their class, everything else backs off per object.
+pub fn error_policy(machine: Arc<Machine>, error: &Error, ctx: Arc<Context>) -> Action {
+    if let Error::Waiting { retry_after, .. } = error.inner() {
+        return Action::requeue(*retry_after);
+    }
+    let key = machine.uid().unwrap_or_default();
+    warn!(machine = %machine.name_any(), error = %error, category = error.category(), "reconcile failed");
+    if let Error::Ec2(e) = error.inner()
+        && e.class == ErrorClass::ResourceExhausted
+    {
+        return Action::requeue(e.retry_after());
+    }
+    match error.ec2_class() {
+        Some(ErrorClass::InvalidInput) | Some(ErrorClass::Unauthorized) => {
+            Action::requeue(Duration::from_secs(600).max(ctx.next_backoff(&key)))
+        }
+        _ if matches!(error.inner(), Error::Invalid(_)) => {
+            Action::requeue(Duration::from_secs(600))
+        }
+        _ => Action::requeue(ctx.next_backoff(&key)),
+    }
+}
+
+/// The class, merged secret data and EC2 handle a Machine needs.
+struct Resolved {
+    class: MachineClass,
+    secret_data: std::collections::BTreeMap<String, k8s_openapi::ByteString>,
+    handle: Ec2Handle,
+}
+
+async fn resolve(m: &Machine, ctx: &Context) -> Result<Resolved> {
+    let ns = m.namespace().unwrap_or_default();
+    let class_name = &m.spec.class.name;
+    let class = Api::<MachineClass>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(class_name)
+        .await?
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "MachineClass {ns}/{class_name} (spec.class.name) not found"
+            ))
+        })?;
+    if !class.is_aws() {
+        return Err(Error::Invalid(format!(
+            "MachineClass {class_name} has provider {:?}; this operator serves AWS",
+            class.provider.as_deref().unwrap_or_default()
+        )));
+    }
+    let secret_ref = get_secret(ctx, &ns, class.secret_ref.as_ref(), "secretRef").await?;
+    let creds_ref = get_secret(
+        ctx,
+        &ns,
+        class.credentials_secret_ref.as_ref(),
+        "credentialsSecretRef",
+    )
+    .await?;
+    let secret_data = merge_secret_data(secret_ref.as_ref(), creds_ref.as_ref());
+
+    let mut findings: Vec<String> = validate_provider_spec(&class.provider_spec)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    findings.extend(
+        validate_secret_data(&secret_data)
+            .iter()
+            .map(ToString::to_string),
+    );
+    if !findings.is_empty() {
+        return Err(Error::Invalid(format!(
+            "MachineClass {class_name} is invalid: {}",
+            findings.join("; ")
+        )));
+    }
+    let source = CredentialSource::from_secret_data(&secret_data);
+    let handle = ctx.ec2.get(&source, &class.provider_spec.region).await;
+    Ok(Resolved {
+        class,
+        secret_data,
+        handle,
+    })
+}
+
+async fn get_secret(
+    ctx: &Context,
+    default_ns: &str,
+    reference: Option<&k8s_openapi::api::core::v1::SecretReference>,
+    field: &str,
+) -> Result<Option<Secret>> {
+    let Some(r) = reference else { return Ok(None) };
+    let name = r.name.as_deref().unwrap_or_default();
+    let ns = r
+        .namespace
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .unwrap_or(default_ns);
+    Api::<Secret>::namespaced(ctx.client.clone(), ns)
+        .get_opt(name)
+        .await?
+        .map(Some)
+        .ok_or_else(|| Error::Invalid(format!("Secret {ns}/{name} ({field}) not found")))
+}
+
+// ---------------------------------------------------------------- apply
+
+async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
+    let resolved = match resolve(m, ctx).await {
+        Ok(r) => r,
+        Err(e @ Error::Invalid(_)) => {
+            report_failure(
+                m,
+                ctx,
+                MachineOperationType::Create,
+                "InvalidArgument",
+                &e.to_string(),
+                true,
+            )
+            .await?;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    let region = resolved.class.provider_spec.region.clone();
+
+    let instance = match locate(m, &resolved.handle, ctx).await? {
+        Some(i) => i,
+        None if m.spec.provider_id.is_some() => {
+            // The instance we launched is gone from EC2 altogether.
+            return observe(m, ctx, None, &region).await;
+        }
+        None => return create(m, ctx, &resolved).await,
+    };
+    ensure_identity(m, ctx, &instance, &region).await?;
+    observe(m, ctx, Some(&instance), &region).await
+}
+
+/// Finds the Machine's instance: by providerID through the shared view, else
+/// (never launched, or launched by a process that died before recording it)
+/// by the Machine-UID tag, asking EC2 directly.
+async fn locate(m: &Machine, handle: &Ec2Handle, ctx: &Context) -> Result<Option<InstanceInfo>> {
+    if let Some(id) = m
+        .spec
+        .provider_id
+        .as_deref()
+        .and_then(instance_id_from_provider_id)
+    {
+        return Ok(ctx
+            .instances
+            .get(handle, id, ctx.config.instance_sync_period)
+            .await?);
+    }
+    let uid = m.uid().unwrap_or_default();
+    let mut found = instances::by_machine_uid(handle, &uid).await?;
+    // Prefer a live instance; a terminated one only explains what happened.
+    found.sort_by_key(|i| i.state.is_gone());
+    Ok(found.into_iter().next())
+}
+
+async fn create(m: &Machine, ctx: &Context, r: &Resolved) -> Result<Action> {
+    let name = m.name_any();
+    let ns = m.namespace().unwrap_or_default();
+    let uid = m.uid().unwrap_or_default();
+    let spec = &r.class.provider_spec;
+
+    let root = ctx
+        .images
+        .root_device_name(&r.handle, &spec.region, &spec.ami)
+        .await;
+    let root = match root {
+        Ok(root) => root,
+        Err(e) => return Err(launch_failed(m, ctx, e).await),
+    };
+    let user_data = user_data(&r.secret_data);
+    let placement = m
+        .spec
+        .node_template
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(PLACEMENT_ANNOTATION))
+        .or_else(|| m.annotations().get(PLACEMENT_ANNOTATION))
+        .map(String::as_str);
+    let launch = LaunchContext {
+        machine_name: &name,
+        machine_namespace: &ns,
+        machine_uid: &uid,
+        spec,
+        user_data: user_data.as_deref(),
+        root_device_name: root.as_deref(),
+        placement_annotation: placement,
+    };
+    let request = match build_run_instances(r.handle.client.run_instances(), &launch) {
+        Ok(req) => req,
+        Err(e) => {
+            let msg = e.to_string();
+            report_failure(
+                m,
+                ctx,
+                MachineOperationType::Create,
+                "InvalidArgument",
+                &msg,
+                true,
+            )
+            .await?;
+            return Err(Error::Invalid(msg));
+        }
+    };
+    let out = match r.handle.call("RunInstances", request.send()).await {
+        Ok(out) => out,
+        Err(e) => return Err(launch_failed(m, ctx, e).await),
+    };
+    let Some(instance) = out.instances().first().map(InstanceInfo::from) else {
+        return Err(Error::Invalid("RunInstances returned no instance".into()));
+    };
+    info!(machine = %name, instance = %instance.id, "launched instance");
+    ctx.instances.record(&r.handle.key, instance.clone()).await;
+    ensure_identity(m, ctx, &instance, &spec.region).await?;
+    publish(
+        ctx,
+        m,
+        EventType::Normal,
+        "Created",
+        "Create",
+        format!(
+            "Launched instance {} ({}) in {}",
+            instance.id,
+            spec.machine_type,
+            instance
+                .availability_zone
+                .as_deref()
+                .unwrap_or(&spec.region)
+        ),
+    )
+    .await;
+
+    // MCM's InitializeMachine: settings EC2 only takes after launch.
+    let post = post_launch_actions(spec);
+    if post.disable_src_dst_check {
+        let req = r
+            .handle
+            .client
+            .modify_instance_attribute()
+            .instance_id(&instance.id)
+            .source_dest_check(
+                aws_sdk_ec2::types::AttributeBooleanValue::builder()
+                    .value(false)
+                    .build(),
+            );
+        r.handle.call("ModifyInstanceAttribute", req.send()).await?;
+    }
+    Ok(Action::requeue(RECHECK_SOON))
+}
+
+/// Records a failed launch in the status (CrashLoopBackOff, MCM's phase for
+/// failing creations) and turns it into the reconcile error.
+async fn launch_failed(m: &Machine, ctx: &Context, e: Ec2Error) -> Error {
+    let code = e.class.mcm_code();
+    let description = match e.class {
+        ErrorClass::ResourceExhausted => format!("Resource exhausted, will retry: {e}"),
+        ErrorClass::InvalidInput => format!("Invalid machine configuration: {e}"),
+        _ => format!("Creating the instance failed: {e}"),
+    };
+    let invalid = e.class == ErrorClass::InvalidInput;
+    if let Err(status_err) = report_failure(
+        m,
+        ctx,
+        MachineOperationType::Create,
+        code,
+        &description,
+        invalid,
+    )
+    .await
+    {
+        return status_err;
+    }
+    Error::Ec2(e)
+}
+
+/// Sets `spec.providerID` and the `node` label once the instance is known.
+async fn ensure_identity(m: &Machine, ctx: &Context, i: &InstanceInfo, region: &str) -> Result<()> {
+    let provider_id = format!("aws:///{region}/{}", i.id);
+    let node_name = node_for(ctx, m, i)
+        .map(|n| n.name_any())
+        .or_else(|| i.private_dns_name.clone());
+    let wants_id = m.spec.provider_id.as_deref() != Some(provider_id.as_str());
+    let wants_label = node_name.is_some() && m.labels().get(NODE_LABEL) != node_name.as_ref();
+    if !wants_id && !wants_label {
+        return Ok(());
+    }
+    let mut patch = json!({});
+    if wants_id {
+        patch["spec"] = json!({"providerID": provider_id});
+    }
+    if let (true, Some(node)) = (wants_label, node_name) {
+        patch["metadata"] = json!({"labels": {NODE_LABEL: node}});
+    }
+    machines(ctx, m)
+        .patch(
+            &m.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The target-cluster Node of an instance: matched on the instance ID in its
+/// providerID (the kubelet writes the zone there, we write the region) or on
+/// its name, never on the whole providerID string.
+fn node_for(ctx: &Context, m: &Machine, i: &InstanceInfo) -> Option<Arc<Node>> {
+    let label = m.labels().get(NODE_LABEL);
+    ctx.nodes.state().into_iter().find(|n| {
+        let by_id = n
+            .spec
+            .as_ref()
+            .and_then(|s| s.provider_id.as_deref())
+            .and_then(instance_id_from_provider_id)
+            == Some(i.id.as_str());
+        by_id
+            || Some(&n.name_any()) == label
+            || n.name_any().as_str() == i.private_dns_name.as_deref().unwrap_or("-")
+    })
+}
+
+fn node_by_name(ctx: &Context, name: &str) -> Option<Arc<Node>> {
+    ctx.nodes.state().into_iter().find(|n| n.name_any() == name)
+}
+
+fn node_health(node: Option<&Node>, problem_conditions: &[String]) -> NodeHealth {
+    let Some(node) = node else {
+        return NodeHealth::Missing;
+    };
+    let conditions = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let ready = conditions.iter().find(|c| c.type_ == "Ready");
+    match ready {
+        Some(c) if c.status == "True" => {}
+        Some(c) => return NodeHealth::Unhealthy(format!("Ready is {}", c.status)),
+        None => return NodeHealth::Unhealthy("no Ready condition".into()),
+    }
+    match conditions
+        .iter()
+        .find(|c| c.status == "True" && problem_conditions.contains(&c.type_))
+    {
+        Some(c) => NodeHealth::Unhealthy(format!("{} is True", c.type_)),
+        None => NodeHealth::Healthy,
+    }
+}
+
+fn instance_health(i: Option<&InstanceInfo>) -> InstanceHealth {
+    let reason = |i: &InstanceInfo| {
+        i.state_reason
+            .clone()
+            .unwrap_or_else(|| "no reason given".into())
+    };
+    match i {
+        None => InstanceHealth::Gone("EC2 no longer knows the instance".into()),
+        Some(i) if i.state.is_gone() => {
+            InstanceHealth::Gone(format!("{:?} ({})", i.state, reason(i)))
+        }
+        Some(i) if matches!(i.state, InstanceState::Stopping | InstanceState::Stopped) => {
+            InstanceHealth::Stopped(reason(i))
+        }
+        Some(_) => InstanceHealth::Up,
+    }
+}
+
+/// Timeouts in force: the Machine's own, else the flags.
+fn timeouts(m: &Machine, ctx: &Context) -> Timeouts {
+    let pick = |own: Option<&kube::core::Duration>, default: Duration| {
+        own.filter(|d| !d.is_negative())
+            .map(|d| Duration::from(*d))
+            .unwrap_or(default)
+    };
+    Timeouts {
+        creation: pick(
+            m.spec.configuration.creation_timeout.as_ref(),
+            ctx.config.creation_timeout,
+        ),
+        health: pick(
+            m.spec.configuration.health_timeout.as_ref(),
+            ctx.config.health_timeout,
+        ),
+    }
+}
+
+/// Phase from instance + Node, written to the status when it changed.
+async fn observe(
+    m: &Machine,
+    ctx: &Context,
+    instance: Option<&InstanceInfo>,
+    _region: &str,
+) -> Result<Action> {
+    let node = instance.and_then(|i| node_for(ctx, m, i));
+    let created = m
+        .creation_timestamp()
+        .map(|t| t.0)
+        .unwrap_or_else(Timestamp::now);
+    let current = m.status.as_ref().and_then(|s| {
+        let phase = s.current_status.phase?;
+        let since = s
+            .current_status
+            .last_update_time
+            .as_ref()
+            .map(|t| t.0)
+            .unwrap_or(created);
+        Some((phase, since))
+    });
+    let conditions: Vec<String> = m
+        .spec
+        .configuration
+        .node_conditions
+        .as_deref()
+        .map(|s| {
+            s.split(',')
+                .map(|c| c.trim().to_string())
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
+        .unwrap_or_else(|| ctx.config.node_conditions.clone());
+    let decision = phase::decide(
+        current,
+        created,
+        &instance_health(instance),
+        &node_health(node.as_deref(), &conditions),
+        timeouts(m, ctx),
+        Timestamp::now(),
+    );
+    let old = m.status.clone().unwrap_or_default();
+    let changed_phase = current.map(|c| c.0) != Some(decision.phase);
+    let mut status = old.clone();
+    status.current_status = CurrentStatus {
+        phase: Some(decision.phase),
+        timeout_active: decision.timeout_active,
+        last_update_time: Some(Time(decision.since)),
+        ..old.current_status.clone()
+    };
+    if changed_phase {
+        let (state, type_) = match decision.phase {
+            MachinePhase::Running => (MachineState::Successful, MachineOperationType::Create),
+            MachinePhase::Failed => (MachineState::Failed, MachineOperationType::HealthCheck),
+            MachinePhase::Unknown => (MachineState::Processing, MachineOperationType::HealthCheck),
+            _ => (MachineState::Processing, MachineOperationType::Create),
+        };
+        status.last_operation = LastOperation {
+            description: decision.description.clone(),
+            error_code: None,
+            last_update_time: Some(Time(decision.since)),
+            state: Some(state),
+            type_: Some(type_),
+        };
+    }
+    status.conditions = merged_conditions(&old.conditions, node.as_deref(), None);
+    status.observed_generation = m.metadata.generation;
+    write_status(m, ctx, &old, status).await?;
+    if changed_phase {
+        let (kind, reason) = match decision.phase {
+            MachinePhase::Running => (EventType::Normal, "Running"),
+            MachinePhase::Failed => (EventType::Warning, "Failed"),
+            MachinePhase::Unknown => (EventType::Warning, "Unhealthy"),
+            _ => (EventType::Normal, "Pending"),
+        };
+        publish(
+            ctx,
+            m,
+            kind,
+            reason,
+            "HealthCheck",
+            decision.description.clone(),
+        )
+        .await;
+    }
+    let next = match decision.phase {
+        MachinePhase::Failed => Duration::from_secs(600),
+        _ => ctx.config.instance_sync_period,
+    };
+    Ok(Action::requeue(
+        decision
+            .recheck_after
+            .map_or(next, |d| d.min(next))
+            .max(Duration::from_secs(1)),
+    ))
+}
+
+/// Node conditions copied from the Node (without heartbeat times, which would
+/// rewrite the status on every kubelet heartbeat) plus our own configuration
+/// condition.
+fn merged_conditions(
+    old: &[NodeCondition],
+    node: Option<&Node>,
+    config_problem: Option<&str>,
+) -> Vec<NodeCondition> {
+    let mut out: Vec<NodeCondition> = node
+        .and_then(|n| n.status.as_ref())
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_else(|| {
+            old.iter()
+                .filter(|c| c.type_ != CONDITION_CONFIG_VALID)
+                .cloned()
+                .collect()
+        });
+    for c in &mut out {
+        c.last_heartbeat_time = None;
+    }
+    let previous = old.iter().find(|c| c.type_ == CONDITION_CONFIG_VALID);
+    let (status, reason, message) = match config_problem {
+        Some(msg) => ("False", "InvalidConfiguration", msg.to_string()),
+        None => (
+            "True",
+            "Valid",
+            "The MachineClass and its Secrets are valid".to_string(),
+        ),
+    };
+    let unchanged = previous
+        .is_some_and(|p| p.status == status && p.message.as_deref() == Some(message.as_str()));
+    out.push(if unchanged {
+        previous.cloned().unwrap_or_default()
+    } else {
+        NodeCondition {
+            type_: CONDITION_CONFIG_VALID.into(),
+            status: status.into(),
+            reason: Some(reason.into()),
+            message: Some(message),
+            last_transition_time: Some(Time(Timestamp::now())),
+            last_heartbeat_time: None,
+        }
+    });
+    out
+}
+
+/// Writes a failure into `lastOperation` (and the configuration condition when
+/// `invalid`), with a Warning Event when the message is new.
+async fn report_failure(
+    m: &Machine,
+    ctx: &Context,
+    op: MachineOperationType,
+    code: &str,
+    description: &str,
+    invalid: bool,
+) -> Result<()> {
+    let old = m.status.clone().unwrap_or_default();
+    let mut status = old.clone();
+    let same = old.last_operation.description == description
+        && old.last_operation.state == Some(MachineState::Failed);
+    if !same {
+        status.last_operation = LastOperation {
+            description: description.to_string(),
+            error_code: Some(code.to_string()),
+            last_update_time: Some(Time(Timestamp::now())),
+            state: Some(MachineState::Failed),
+            type_: Some(op),
+        };
+    }
+    if op == MachineOperationType::Create {
+        let phase = old.current_status.phase;
+        if phase.is_none() || phase == Some(MachinePhase::Pending) {
+            status.current_status = CurrentStatus {
+                phase: Some(MachinePhase::CrashLoopBackOff),
+                timeout_active: true,
+                last_update_time: Some(Time(Timestamp::now())),
+                ..old.current_status.clone()
+            };
+        }
+    }
+    status.conditions = merged_conditions(&old.conditions, None, invalid.then_some(description));
+    write_status(m, ctx, &old, status).await?;
+    if !same {
+        publish(
+            ctx,
+            m,
+            EventType::Warning,
+            if invalid {
+                "InvalidConfiguration"
+            } else {
+                "CreateFailed"
+            },
+            "Create",
+            description.to_string(),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+async fn write_status(
+    m: &Machine,
+    ctx: &Context,
+    old: &MachineStatus,
+    new: MachineStatus,
+) -> Result<()> {
+    if m.status.is_some() && old == &new {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": crate::api::API_VERSION,
+        "kind": "Machine",
+        "status": new,
+    });
+    machines(ctx, m)
+        .patch_status(
+            &m.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    Ok(())
+}
+
+fn machines(ctx: &Context, m: &Machine) -> Api<Machine> {
+    Api::namespaced(ctx.client.clone(), &m.namespace().unwrap_or_default())
+}
+
+async fn publish(
+    ctx: &Context,
+    m: &Machine,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = KubeEvent {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &m.object_ref(&())).await {
+        warn!(machine = %m.name_any(), error = %e, "could not publish event");
+    }
+}
+
+// ---------------------------------------------------------------- cleanup
+
+async fn cleanup(m: &Machine, ctx: &Context) -> Result<Action> {
+    let name = m.name_any();
+    let uid = m.uid().unwrap_or_default();
+    mark_terminating(m, ctx, "Deleting the machine").await?;
+
+    let resolved = match resolve(m, ctx).await {
+        Ok(r) => Some(r),
+        // Never launched: nothing in EC2 can belong to it.
+        Err(Error::Invalid(_)) if m.spec.provider_id.is_none() && never_launched(m) => None,
+        Err(e) => return Err(e),
+    };
+
+    // 1. Cordon and drain the Node, if there is one.
+    let node_name = m.labels().get(NODE_LABEL).cloned();
+    if let Some(node) = node_name.as_deref().and_then(|n| node_by_name(ctx, n)) {
+        drain(m, ctx, &node).await?;
+    }
+
+    // 2. Terminate every instance of this Machine and wait for EC2 to agree.
+    if let Some(r) = &resolved {
+        let mut found = instances::by_machine_uid(&r.handle, &uid).await?;
+        if let Some(id) = m
+            .spec
+            .provider_id
+            .as_deref()
+            .and_then(instance_id_from_provider_id)
+            && !found.iter().any(|i| i.id == id)
+            && let Some(i) = instances::by_id(&r.handle, id).await?
+        {
+            found.push(i);
+        }
+        let alive: Vec<String> = found
+            .iter()
+            .filter(|i| !i.state.is_gone())
+            .map(|i| i.id.clone())
+            .collect();
+        if !alive.is_empty() {
+            let req = r
+                .handle
+                .client
+                .terminate_instances()
+                .set_instance_ids(Some(alive.clone()));
+            match r
+                .handle
+                .call_instances("TerminateInstances", alive.len(), req.send())
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.class == ErrorClass::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+            info!(machine = %name, instances = ?alive, "terminating");
+            publish(
+                ctx,
+                m,
+                EventType::Normal,
+                "Terminating",
+                "Delete",
+                format!("Terminating instance(s) {}", alive.join(", ")),
+            )
+            .await;
+            mark_terminating(
+                m,
+                ctx,
+                &format!("Waiting for EC2 to terminate {}", alive.join(", ")),
+            )
+            .await?;
+            return Err(Error::Waiting {
+                what: format!("waiting for EC2 to terminate {}", alive.join(", ")),
+                retry_after: RECHECK_SOON,
+            });
+        }
+    }
+
+    // 3. Delete the Node object.
+    if let Some(node) = node_name {
+        match Api::<Node>::all(ctx.target.clone())
+            .delete(&node, &Default::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if super::drain::is_not_found(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    publish(
+        ctx,
+        m,
+        EventType::Normal,
+        "Deleted",
+        "Delete",
+        "Instance terminated and node removed".into(),
+    )
+    .await;
+    ctx.orphan_wakeup.notify_one();
+    Ok(Action::await_change())
+}
+
+/// No create was ever attempted for this Machine (no phase beyond an invalid
+/// configuration report).
+fn never_launched(m: &Machine) -> bool {
+    m.status.as_ref().is_none_or(|s| {
+        s.current_status.phase.is_none()
+            || (s.last_operation.type_ == Some(MachineOperationType::Create)
+                && s.last_operation.error_code.as_deref() == Some("InvalidArgument"))
+    })
+}
+
+async fn drain(m: &Machine, ctx: &Context, node: &Node) -> Result<()> {
+    let node_name = node.name_any();
+    ctx.drainer.cordon(&node_name).await?;
+    let deleting_since = m
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .unwrap_or_else(Timestamp::now);
+    let elapsed =
+        |t: Timestamp| Duration::try_from(Timestamp::now().duration_since(t)).unwrap_or_default();
+    let drain_timeout = m
+        .spec
+        .configuration
+        .drain_timeout
+        .filter(|d| !d.is_negative())
+        .map(Duration::from)
+        .unwrap_or(ctx.config.drain_timeout);
+    let not_ready_for = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .filter(|c| c.status != "True")
+        .and_then(|c| c.last_transition_time.as_ref())
+        .map(|t| elapsed(t.0));
+    let force = elapsed(deleting_since) >= drain_timeout
+        || not_ready_for.is_some_and(|d| d >= ctx.config.force_drain_not_ready_after);
+    match ctx.drainer.drain_pass(&node_name, force).await? {
+        DrainProgress::Done => Ok(()),
+        DrainProgress::Waiting { remaining, blocked } => {
+            let what = format!(
+                "Draining node {node_name}: {remaining} pod(s) left{}{}",
+                if blocked > 0 {
+                    format!(", {blocked} blocked by a PodDisruptionBudget")
+                } else {
+                    String::new()
+                },
+                if force { " (forced)" } else { "" }
+            );
+            mark_terminating(m, ctx, &what).await?;
+            Err(Error::Waiting {
+                what,
+                retry_after: RECHECK_SOON,
+            })
+        }
+    }
+}
+
+/// Phase Terminating with `lastOperation` describing the current step.
+async fn mark_terminating(m: &Machine, ctx: &Context, step: &str) -> Result<()> {
+    let old = m.status.clone().unwrap_or_default();
+    if old.current_status.phase == Some(MachinePhase::Terminating)
+        && old.last_operation.description == step
+    {
+        return Ok(());
+    }
+    let mut status = old.clone();
+    if old.current_status.phase != Some(MachinePhase::Terminating) {
+        status.current_status = CurrentStatus {
+            phase: Some(MachinePhase::Terminating),
+            timeout_active: false,
+            last_update_time: Some(Time(Timestamp::now())),
+            ..old.current_status.clone()
+        };
+    }
+    status.last_operation = LastOperation {
+        description: step.to_string(),
+        error_code: None,
+        last_update_time: Some(Time(Timestamp::now())),
+        state: Some(MachineState::Processing),
+        type_: Some(MachineOperationType::Delete),
+    };
+    write_status(m, ctx, &old, status).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(json: serde_json::Value) -> Node {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn conds() -> Vec<String> {
+        crate::controller::config::DEFAULT_NODE_CONDITIONS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn node_health_needs_ready_and_no_problem_condition() {
+        assert_eq!(node_health(None, &conds()), NodeHealth::Missing);
+        let ready = node(json!({"metadata": {"name": "n"}, "status": {"conditions": [
+            {"type": "Ready", "status": "True"}, {"type": "DiskPressure", "status": "False"}]}}));
+        assert_eq!(node_health(Some(&ready), &conds()), NodeHealth::Healthy);
+        let pressure = node(json!({"metadata": {"name": "n"}, "status": {"conditions": [
+            {"type": "Ready", "status": "True"}, {"type": "DiskPressure", "status": "True"}]}}));
+        assert!(
+            matches!(node_health(Some(&pressure), &conds()), NodeHealth::Unhealthy(r) if r.contains("DiskPressure"))
+        );
+        let not_ready = node(json!({"metadata": {"name": "n"}, "status": {"conditions": [
+            {"type": "Ready", "status": "Unknown"}]}}));
+        assert!(matches!(
+            node_health(Some(&not_ready), &conds()),
+            NodeHealth::Unhealthy(_)
+        ));
+    }
+
+    #[test]
+    fn copied_node_conditions_drop_heartbeats_and_keep_config_condition_stable() {
+        let n = node(json!({"metadata": {"name": "n"}, "status": {"conditions": [
+            {"type": "Ready", "status": "True", "lastHeartbeatTime": "2026-01-01T00:00:00Z"}]}}));
+        let first = merged_conditions(&[], Some(&n), None);
+        assert!(first.iter().all(|c| c.last_heartbeat_time.is_none()));
+        let second = merged_conditions(&first, Some(&n), None);
+        assert_eq!(first, second, "a second pass changes nothing");
+        let invalid = merged_conditions(&second, Some(&n), Some("bad"));
+        let c = invalid
+            .iter()
+            .find(|c| c.type_ == CONDITION_CONFIG_VALID)
+            .unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.message.as_deref()),
+            ("False", Some("bad"))
+        );
+    }
+}

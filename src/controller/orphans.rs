@@ -1,0 +1,233 @@
+//! Orphan collection: instances carrying a class's cluster and role tags but
+//! belonging to no Machine are terminated — periodically and after every
+//! machine deletion.
+//!
+//! Safety rules: it only runs once the Machine cache has synced; an instance
+//! is kept when any known Machine carries its UID tag or its ID in the
+//! providerID (so a Machine being created is never touched); instances without
+//! the cluster and role tags are never considered; in a namespace-scoped
+//! deployment, instances tagged for another namespace's Machines are left alone.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use aws_sdk_ec2::types::Filter;
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+use tracing::{info, warn};
+
+use super::context::Context;
+use super::error::Result;
+use crate::api::machine_class::MachineClass;
+use crate::aws::credentials::{CredentialSource, merge_secret_data};
+use crate::aws::instances::{self, InstanceInfo, instance_id_from_provider_id};
+
+/// Runs the collector until the process stops.
+pub async fn run(ctx: Arc<Context>) {
+    if ctx.machines.wait_until_ready().await.is_err() {
+        return;
+    }
+    loop {
+        match collect_once(&ctx).await {
+            Ok(0) => {}
+            Ok(n) => info!(
+                terminated = n,
+                "orphan collection terminated instances without a Machine"
+            ),
+            Err(e) => warn!(error = %e, "orphan collection failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(ctx.config.orphan_collection_interval) => {}
+            _ = ctx.orphan_wakeup.notified() => {}
+        }
+    }
+}
+
+/// One pass; returns how many instances it terminated.
+pub async fn collect_once(ctx: &Context) -> Result<usize> {
+    let classes = match &ctx.config.namespace {
+        Some(ns) => Api::<MachineClass>::namespaced(ctx.client.clone(), ns),
+        None => Api::<MachineClass>::all(ctx.client.clone()),
+    }
+    .list(&ListParams::default())
+    .await?;
+
+    // One search per credentials + region + cluster/role tag pair.
+    let mut searches: BTreeMap<(String, String, String, String), (CredentialSource, String)> =
+        BTreeMap::new();
+    for class in classes.items.iter().filter(|c| c.is_aws()) {
+        let spec = &class.provider_spec;
+        let (Some(cluster), Some(role)) = (spec.cluster_tag_key(), spec.role_tag_key()) else {
+            continue;
+        };
+        let Some(source) = class_credentials(ctx, class).await else {
+            continue;
+        };
+        searches.insert(
+            (
+                source.fingerprint(),
+                spec.region.clone(),
+                cluster.to_string(),
+                role.to_string(),
+            ),
+            (source, spec.region.clone()),
+        );
+    }
+
+    let machines = ctx.machines.state();
+    let known_uids: BTreeSet<String> = machines.iter().filter_map(|m| m.uid()).collect();
+    let known_ids: BTreeSet<String> = machines
+        .iter()
+        .filter_map(|m| {
+            m.spec
+                .provider_id
+                .as_deref()
+                .and_then(instance_id_from_provider_id)
+        })
+        .map(str::to_string)
+        .collect();
+
+    let mut terminated = 0;
+    for ((_, _, cluster, role), (source, region)) in searches {
+        let handle = ctx.ec2.get(&source, &region).await;
+        let filters = vec![
+            Filter::builder().name("tag-key").values(&cluster).build(),
+            Filter::builder()
+                .name("instance-state-name")
+                .set_values(Some(
+                    ["pending", "running", "stopping", "stopped"]
+                        .map(String::from)
+                        .to_vec(),
+                ))
+                .build(),
+        ];
+        let found = instances::describe(&handle, filters, vec![]).await?;
+        let orphans: Vec<String> = found
+            .iter()
+            .filter(|i| i.tags.contains_key(&role))
+            .filter(|i| is_orphan(i, &known_uids, &known_ids, ctx.config.namespace.as_deref()))
+            .map(|i| i.id.clone())
+            .collect();
+        if orphans.is_empty() {
+            continue;
+        }
+        warn!(instances = ?orphans, region = %region, "terminating orphaned instances");
+        let req = handle
+            .client
+            .terminate_instances()
+            .set_instance_ids(Some(orphans.clone()));
+        handle
+            .call_instances("TerminateInstances", orphans.len(), req.send())
+            .await?;
+        terminated += orphans.len();
+    }
+    Ok(terminated)
+}
+
+/// The credentials of a class, or `None` when its Secrets are unreadable.
+async fn class_credentials(ctx: &Context, class: &MachineClass) -> Option<CredentialSource> {
+    let ns = class.namespace().unwrap_or_default();
+    let mut secrets = Vec::new();
+    for r in [
+        class.secret_ref.as_ref(),
+        class.credentials_secret_ref.as_ref(),
+    ] {
+        let secret = match r {
+            Some(r) => {
+                let secret_ns = r
+                    .namespace
+                    .as_deref()
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or(&ns);
+                let name = r.name.as_deref().unwrap_or_default();
+                match Api::<Secret>::namespaced(ctx.client.clone(), secret_ns)
+                    .get_opt(name)
+                    .await
+                {
+                    Ok(Some(s)) => Some(s),
+                    _ => return None,
+                }
+            }
+            None => None,
+        };
+        secrets.push(secret);
+    }
+    let data = merge_secret_data(secrets[0].as_ref(), secrets[1].as_ref());
+    Some(CredentialSource::from_secret_data(&data))
+}
+
+/// Whether an instance (already known to carry the cluster and role tags)
+/// belongs to no Machine we know of.
+pub fn is_orphan(
+    i: &InstanceInfo,
+    known_uids: &BTreeSet<String>,
+    known_ids: &BTreeSet<String>,
+    namespace: Option<&str>,
+) -> bool {
+    if known_ids.contains(&i.id) || i.machine_uid().is_some_and(|u| known_uids.contains(u)) {
+        return false;
+    }
+    match (namespace, i.machine_name().and_then(|n| n.split_once('/'))) {
+        (Some(ours), Some((theirs, _))) => ours == theirs,
+        // Namespace-scoped and no name tag: not provably ours.
+        (Some(_), None) => false,
+        (None, _) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aws::instances::InstanceState;
+    use crate::aws::tags::{MACHINE_NAME_TAG, MACHINE_UID_TAG};
+
+    fn instance(id: &str, tags: &[(&str, &str)]) -> InstanceInfo {
+        InstanceInfo {
+            id: id.into(),
+            state: InstanceState::Running,
+            state_reason: None,
+            instance_type: None,
+            private_dns_name: None,
+            availability_zone: None,
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn instances_of_known_machines_are_kept() {
+        let uids = BTreeSet::from(["u1".to_string()]);
+        let ids = BTreeSet::from(["i-2".to_string()]);
+        assert!(!is_orphan(
+            &instance("i-1", &[(MACHINE_UID_TAG, "u1")]),
+            &uids,
+            &ids,
+            None
+        ));
+        assert!(
+            !is_orphan(&instance("i-2", &[]), &uids, &ids, None),
+            "adopted by providerID"
+        );
+        assert!(is_orphan(
+            &instance("i-3", &[(MACHINE_UID_TAG, "gone")]),
+            &uids,
+            &ids,
+            None
+        ));
+    }
+
+    #[test]
+    fn a_namespaced_operator_only_collects_its_own_namespace() {
+        let none = BTreeSet::new();
+        let ours = instance("i-1", &[(MACHINE_NAME_TAG, "team-a/m1")]);
+        let theirs = instance("i-2", &[(MACHINE_NAME_TAG, "team-b/m1")]);
+        let untagged = instance("i-3", &[]);
+        assert!(is_orphan(&ours, &none, &none, Some("team-a")));
+        assert!(!is_orphan(&theirs, &none, &none, Some("team-a")));
+        assert!(!is_orphan(&untagged, &none, &none, Some("team-a")));
+        assert!(is_orphan(&untagged, &none, &none, None));
+    }
+}

@@ -1,0 +1,489 @@
+//! A kubelet stand-in. The test environment has no kubelet, so this plays the
+//! kubelet (with cloud-provider-aws) of every EC2 instance of one test
+//! namespace, where the operator can tell the difference:
+//!
+//! - a pending/running instance gets a Node named after its private DNS name,
+//!   with `spec.providerID = aws:///<availability-zone>/<instance-id>` (the
+//!   zone, not the region, as cloud-provider-aws sets it), the well-known
+//!   labels and a `Ready=True` condition. Like the real kubelet it registers
+//!   once: a Node deleted later is not re-created.
+//! - once the instance is stopping, stopped, shutting-down, terminated or
+//!   gone, the Node's Ready condition turns `Unknown`, as the node lifecycle
+//!   controller does when a kubelet stops posting status. Removing the Node is
+//!   the operator's job.
+//! - Pods bound to a Ready Node that are being deleted (e.g. evicted) are
+//!   finished with a grace period of 0, as the kubelet does once their
+//!   containers stopped. On a NotReady/Unknown Node nobody finishes them:
+//!   they stay Terminating, as they would in a real cluster.
+//!
+//! There is no scheduler either: a test puts a Pod on a Node by creating it
+//! with `spec.nodeName` set, see [`pod_on_node`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use aws_sdk_ec2::types::Instance;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+use super::ec2::{state, try_instances_of_namespace};
+
+/// How often the stand-in looks at EC2 and the API server.
+const TICK: Duration = Duration::from_millis(300);
+/// The image of every test Pod. Nothing ever pulls or runs it.
+pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.9";
+
+/// A running kubelet stand-in for the instances of one namespace; see the
+/// module docs. Stops when dropped.
+pub struct Kubelet {
+    shared: Arc<Mutex<Shared>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What the test and the background task share.
+#[derive(Default)]
+struct Shared {
+    /// Instance ID → name of the Node registered for it.
+    nodes: BTreeMap<String, String>,
+    /// Node name → readiness the test forces ([`Kubelet::set_ready`]).
+    forced_ready: BTreeMap<String, bool>,
+    /// The error of the last failed pass; the loop carries on regardless.
+    last_error: Option<String>,
+}
+
+impl Kubelet {
+    /// Starts playing the kubelet for every instance tagged with a Machine of
+    /// namespace `ns`. Must be called inside a tokio runtime (the test's).
+    pub fn start(client: Client, ec2: aws_sdk_ec2::Client, ns: &str) -> Kubelet {
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let agent = Agent {
+            nodes: Api::all(client.clone()),
+            pods: Api::all(client.clone()),
+            client,
+            ec2,
+            ns: ns.to_string(),
+            shared: shared.clone(),
+        };
+        Kubelet {
+            shared,
+            task: tokio::spawn(agent.run()),
+        }
+    }
+
+    /// Makes `node` report `Ready=True` (`true`) or `Ready=False` (`false`,
+    /// an unhealthy kubelet) while its instance runs. `true` is the default.
+    pub fn set_ready(&self, node: &str, ready: bool) {
+        lock(&self.shared)
+            .forced_ready
+            .insert(node.to_string(), ready);
+    }
+
+    /// Names of the Nodes this stand-in registered, sorted.
+    pub fn nodes(&self) -> Vec<String> {
+        let names: BTreeSet<_> = lock(&self.shared).nodes.values().cloned().collect();
+        names.into_iter().collect()
+    }
+
+    /// The Node registered for instance `instance_id`, once there is one.
+    pub fn node_of(&self, instance_id: &str) -> Option<String> {
+        lock(&self.shared).nodes.get(instance_id).cloned()
+    }
+
+    /// The error of the last failed pass, if the latest pass failed; for
+    /// assertion messages.
+    pub fn last_error(&self) -> Option<String> {
+        lock(&self.shared).last_error.clone()
+    }
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    // A panic elsewhere must not hide this test's own failure behind a poison error.
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The value of a Node's Ready condition: "True", "False" or "Unknown".
+pub fn ready_status(node: &Node) -> Option<&str> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.status.as_str())
+}
+
+/// The Ready condition the stand-in reports for a Node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Readiness {
+    True,
+    False,
+    Unknown,
+}
+
+impl Readiness {
+    fn condition(self, now: &Time) -> Value {
+        let (status, reason, message) = match self {
+            Readiness::True => ("True", "KubeletReady", "kubelet is posting ready status"),
+            Readiness::False => (
+                "False",
+                "KubeletNotReady",
+                "the test made this kubelet report NotReady",
+            ),
+            Readiness::Unknown => (
+                "Unknown",
+                "NodeStatusUnknown",
+                "Kubelet stopped posting node status.",
+            ),
+        };
+        json!({
+            "type": "Ready", "status": status, "reason": reason, "message": message,
+            "lastHeartbeatTime": now, "lastTransitionTime": now,
+        })
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Readiness::True => "True",
+            Readiness::False => "False",
+            Readiness::Unknown => "Unknown",
+        }
+    }
+}
+
+/// The background task.
+struct Agent {
+    client: Client,
+    nodes: Api<Node>,
+    pods: Api<Pod>,
+    ec2: aws_sdk_ec2::Client,
+    ns: String,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl Agent {
+    async fn run(self) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let result = self.pass().await;
+            if let Err(e) = &result {
+                eprintln!("kubelet stand-in for namespace {}: {e}", self.ns);
+            }
+            lock(&self.shared).last_error = result.err();
+        }
+    }
+
+    /// One look at every instance of the namespace and every Node registered.
+    async fn pass(&self) -> Result<(), String> {
+        let instances = try_instances_of_namespace(&self.ec2, &self.ns)
+            .await
+            .map_err(|e| format!("DescribeInstances: {e}"))?;
+        let mut seen = BTreeSet::new();
+        for instance in &instances {
+            let Some(id) = instance.instance_id() else {
+                continue;
+            };
+            seen.insert(id.to_string());
+            let running = matches!(state(instance), "pending" | "running");
+            if running {
+                self.register(instance).await?;
+            }
+            let Some(node) = lock(&self.shared).nodes.get(id).cloned() else {
+                continue;
+            };
+            let readiness = match (running, self.forced_ready(&node)) {
+                (false, _) => Readiness::Unknown,
+                (true, Some(false)) => Readiness::False,
+                (true, _) => Readiness::True,
+            };
+            self.report(&node, readiness).await?;
+            if readiness == Readiness::True {
+                self.finish_deleted_pods(&node).await?;
+            }
+        }
+        // Instances EC2 has forgotten altogether.
+        let gone: Vec<String> = lock(&self.shared)
+            .nodes
+            .iter()
+            .filter(|(id, _)| !seen.contains(*id))
+            .map(|(_, node)| node.clone())
+            .collect();
+        for node in gone {
+            self.report(&node, Readiness::Unknown).await?;
+        }
+        Ok(())
+    }
+
+    fn forced_ready(&self, node: &str) -> Option<bool> {
+        lock(&self.shared).forced_ready.get(node).copied()
+    }
+
+    /// Registers the Node of a running instance, once.
+    async fn register(&self, instance: &Instance) -> Result<(), String> {
+        let Some(id) = instance.instance_id() else {
+            return Ok(());
+        };
+        if lock(&self.shared).nodes.contains_key(id) {
+            return Ok(());
+        }
+        let name = match instance.private_dns_name() {
+            Some(n) if !n.is_empty() => n.to_string(),
+            _ => return Ok(()), // not known yet; try again next pass
+        };
+        let node: Node = serde_json::from_value(node_object(&name, instance))
+            .map_err(|e| format!("build Node {name}: {e}"))?;
+        match self.nodes.create(&PostParams::default(), &node).await {
+            Ok(_) => {}
+            // A previous pass created it but failed before recording it.
+            Err(kube::Error::Api(s)) if s.is_already_exists() => {}
+            Err(e) => return Err(format!("create Node {name}: {e}")),
+        }
+        // Status is a subresource: the create above dropped it.
+        let now = Time(Timestamp::now());
+        let pressure = |type_: &str, reason: &str| {
+            json!({"type": type_, "status": "False", "reason": reason,
+                   "lastHeartbeatTime": now, "lastTransitionTime": now})
+        };
+        let status = json!({"status": {
+            "addresses": node_addresses(&name, instance),
+            "conditions": [
+                pressure("MemoryPressure", "KubeletHasSufficientMemory"),
+                pressure("DiskPressure", "KubeletHasNoDiskPressure"),
+                pressure("PIDPressure", "KubeletHasSufficientPID"),
+                Readiness::True.condition(&now),
+            ],
+        }});
+        self.nodes
+            .patch_status(&name, &PatchParams::default(), &Patch::Strategic(status))
+            .await
+            .map_err(|e| format!("register status of Node {name}: {e}"))?;
+        lock(&self.shared).nodes.insert(id.to_string(), name);
+        Ok(())
+    }
+
+    /// Sets the Node's Ready condition, when it changes and the Node exists.
+    async fn report(&self, node: &str, readiness: Readiness) -> Result<(), String> {
+        let current = self
+            .nodes
+            .get_opt(node)
+            .await
+            .map_err(|e| format!("get Node {node}: {e}"))?;
+        let Some(current) = current else {
+            return Ok(()); // deleted (by the operator): a kubelet does not re-register
+        };
+        if ready_status(&current) == Some(readiness.as_str()) {
+            return Ok(());
+        }
+        let now = Time(Timestamp::now());
+        let patch = json!({"status": {"conditions": [readiness.condition(&now)]}});
+        match self
+            .nodes
+            .patch_status(node, &PatchParams::default(), &Patch::Strategic(patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+            Err(e) => Err(format!(
+                "set Ready={} on Node {node}: {e}",
+                readiness.as_str()
+            )),
+        }
+    }
+
+    /// Finishes the Pods on `node` that are being deleted, as a kubelet does
+    /// once their containers have stopped.
+    async fn finish_deleted_pods(&self, node: &str) -> Result<(), String> {
+        let on_node = ListParams::default().fields(&format!("spec.nodeName={node}"));
+        let pods = self
+            .pods
+            .list(&on_node)
+            .await
+            .map_err(|e| format!("list Pods on {node}: {e}"))?;
+        for pod in pods {
+            let finished = pod.metadata.deletion_grace_period_seconds == Some(0);
+            if pod.metadata.deletion_timestamp.is_none() || finished {
+                continue;
+            }
+            let api =
+                Api::<Pod>::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+            let params = DeleteParams {
+                grace_period_seconds: Some(0),
+                // Only this Pod, never a new one that took its name.
+                preconditions: Some(Preconditions {
+                    uid: pod.uid(),
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            };
+            match api.delete(&pod.name_any(), &params).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => {}
+                Err(e) => return Err(format!("finish Pod {}: {e}", pod.name_any())),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The Node a kubelet with cloud-provider-aws registers for `instance`.
+fn node_object(name: &str, instance: &Instance) -> Value {
+    let zone = instance
+        .placement()
+        .and_then(|p| p.availability_zone())
+        .unwrap_or_default();
+    let region = zone.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let id = instance.instance_id().unwrap_or_default();
+    let instance_type = instance
+        .instance_type()
+        .map(|t| t.as_str())
+        .unwrap_or_default();
+    let arch = match instance.architecture().map(|a| a.as_str()) {
+        Some("arm64") => "arm64",
+        _ => "amd64",
+    };
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": arch,
+                "node.kubernetes.io/instance-type": instance_type,
+                "topology.kubernetes.io/zone": zone,
+                "topology.kubernetes.io/region": region,
+            },
+        },
+        "spec": {"providerID": format!("aws:///{zone}/{id}")},
+    })
+}
+
+fn node_addresses(name: &str, instance: &Instance) -> Value {
+    let mut addresses = Vec::new();
+    if let Some(ip) = instance.private_ip_address() {
+        addresses.push(json!({"type": "InternalIP", "address": ip}));
+    }
+    addresses.push(json!({"type": "InternalDNS", "address": name}));
+    addresses.push(json!({"type": "Hostname", "address": name}));
+    Value::Array(addresses)
+}
+
+/// Creates Pod `name` in `ns`, already bound to `node` (there is no
+/// scheduler). Nothing runs it; the kubelet stand-in only finishes it when
+/// it is deleted.
+pub async fn pod_on_node(client: &Client, ns: &str, name: &str, node: &str) -> Pod {
+    create_pod(client, ns, pod_object(name, node, json!({}), json!([]))).await
+}
+
+/// Creates, in `ns`, a Pod of DaemonSet `daemonset` bound to `node`, the way
+/// the DaemonSet controller would (a generated name and a controller
+/// ownerReference). The DaemonSet is created first when missing, so that the
+/// reference is real; the environment runs no DaemonSet controller, so it
+/// never makes Pods of its own.
+pub async fn daemonset_pod_on_node(client: &Client, ns: &str, daemonset: &str, node: &str) -> Pod {
+    let ds = ensure_daemonset(client, ns, daemonset).await;
+    let owner = json!([{
+        "apiVersion": "apps/v1", "kind": "DaemonSet", "name": daemonset,
+        "uid": ds.uid().expect("DaemonSet uid"),
+        "controller": true, "blockOwnerDeletion": true,
+    }]);
+    let mut pod = pod_object("", node, json!({"app": daemonset}), owner);
+    pod["metadata"]["generateName"] = json!(format!("{daemonset}-"));
+    if let Some(meta) = pod["metadata"].as_object_mut() {
+        meta.remove("name");
+    }
+    create_pod(client, ns, pod).await
+}
+
+/// Creates a mirror Pod (the API copy of a static Pod: the
+/// `kubernetes.io/config.mirror` annotation and the Node as owner) on `node`;
+/// drains must leave it alone.
+pub async fn mirror_pod_on_node(client: &Client, ns: &str, name: &str, node: &str) -> Pod {
+    let node_obj = Api::<Node>::all(client.clone())
+        .get(node)
+        .await
+        .unwrap_or_else(|e| panic!("get Node {node}: {e}"));
+    let owner = json!([{
+        "apiVersion": "v1", "kind": "Node", "name": node,
+        "uid": node_obj.uid().expect("Node uid"), "controller": true,
+    }]);
+    let mut pod = pod_object(name, node, json!({}), owner);
+    pod["metadata"]["annotations"] = json!({
+        "kubernetes.io/config.mirror": "mirror-of-a-static-pod",
+        "kubernetes.io/config.source": "file",
+    });
+    create_pod(client, ns, pod).await
+}
+
+async fn ensure_daemonset(client: &Client, ns: &str, name: &str) -> DaemonSet {
+    let api = Api::<DaemonSet>::namespaced(client.clone(), ns);
+    let ds: DaemonSet = serde_json::from_value(json!({
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": name},
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "pause", "image": PAUSE_IMAGE}]},
+            },
+        },
+    }))
+    .expect("DaemonSet object");
+    match api.create(&PostParams::default(), &ds).await {
+        Ok(ds) => ds,
+        Err(kube::Error::Api(s)) if s.is_already_exists() => api
+            .get(name)
+            .await
+            .unwrap_or_else(|e| panic!("get DaemonSet {ns}/{name}: {e}")),
+        Err(e) => panic!("create DaemonSet {ns}/{name}: {e}"),
+    }
+}
+
+fn pod_object(name: &str, node: &str, labels: Value, owners: Value) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels, "ownerReferences": owners},
+        "spec": {
+            "nodeName": node,
+            // No token to wait for: the namespace's ServiceAccount is enough.
+            "automountServiceAccountToken": false,
+            "containers": [{"name": "pause", "image": PAUSE_IMAGE}],
+        },
+    })
+}
+
+/// Creates a Pod, retrying while the namespace's `default` ServiceAccount
+/// (which admission requires) has not been created yet.
+async fn create_pod(client: &Client, ns: &str, pod: Value) -> Pod {
+    let pod: Pod = serde_json::from_value(pod).expect("Pod object");
+    let api = Api::<Pod>::namespaced(client.clone(), ns);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match api.create(&PostParams::default(), &pod).await {
+            Ok(created) => return created,
+            Err(kube::Error::Api(s))
+                if s.message.contains("service account")
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("create Pod {}/{}: {e}", ns, pod.name_any()),
+        }
+    }
+}
