@@ -7,6 +7,7 @@ mod support;
 
 mod crds;
 mod harness;
+mod lifecycle;
 mod samples;
 mod scale;
 mod status;

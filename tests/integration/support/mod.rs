@@ -28,6 +28,7 @@ pub mod fixtures;
 pub mod kubelet;
 pub mod operator;
 pub mod proxy;
+pub mod scenario;
 pub mod wait;
 
 /// A running test environment; see the module docs.
