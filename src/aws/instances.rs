@@ -174,6 +174,11 @@ pub async fn by_id(handle: &Ec2Handle, id: &str) -> Result<Option<InstanceInfo>,
     }
 }
 
+/// How old a snapshot may be served when refreshing it fails.
+fn stale_limit(max_age: Duration) -> Duration {
+    (max_age * 10).max(Duration::from_secs(60))
+}
+
 #[derive(Default)]
 struct Snapshot {
     fetched: Option<Instant>,
@@ -211,9 +216,22 @@ impl InstanceView {
                 .name("tag-key")
                 .values(MACHINE_UID_TAG)
                 .build();
-            let all = describe(handle, vec![filter], vec![]).await?;
-            snap.by_id = all.into_iter().map(|i| (i.id.clone(), i)).collect();
-            snap.fetched = Some(Instant::now());
+            match describe(handle, vec![filter], vec![]).await {
+                Ok(all) => {
+                    snap.by_id = all.into_iter().map(|i| (i.id.clone(), i)).collect();
+                    snap.fetched = Some(Instant::now());
+                }
+                // While EC2 throttles or fails, a somewhat older snapshot is
+                // better than failing every machine's reconcile.
+                Err(e)
+                    if snap
+                        .fetched
+                        .is_some_and(|t| t.elapsed() < stale_limit(max_age)) =>
+                {
+                    tracing::debug!(error = %e, "serving a stale instance snapshot");
+                }
+                Err(e) => return Err(e),
+            }
         }
         if let Some(found) = snap.by_id.get(id) {
             return Ok(Some(found.clone()));

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use k8s_openapi::api::core::v1::Node;
@@ -48,6 +48,12 @@ pub struct Context {
     pub orphan_wakeup: Notify,
     /// Per-object retry backoff, reset when a reconcile succeeds.
     backoffs: Mutex<HashMap<String, ExponentialBackoff>>,
+    /// Machines whose launch failed for a reason that takes time to change
+    /// (capacity, invalid input): no new RunInstances before the deadline
+    /// unless the class changed (its resourceVersion is recorded). Without
+    /// it, the status write that reports the failure would trigger an
+    /// immediate retry.
+    creation_holds: Mutex<HashMap<String, (Instant, String)>>,
 }
 
 impl Context {
@@ -74,6 +80,7 @@ impl Context {
             machines,
             orphan_wakeup: Notify::new(),
             backoffs: Mutex::new(HashMap::new()),
+            creation_holds: Mutex::new(HashMap::new()),
         })
     }
 
@@ -91,6 +98,37 @@ impl Context {
             })
             .next()
             .unwrap_or(Duration::from_secs(300))
+    }
+
+    /// Holds launches of machine `uid` for `wait` unless the class moves away
+    /// from `class_version`.
+    pub fn hold_creation(&self, uid: &str, class_version: &str, wait: Duration) {
+        self.creation_holds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                uid.to_string(),
+                (Instant::now() + wait, class_version.to_string()),
+            );
+    }
+
+    /// How long launches of `uid` are still held with the class at
+    /// `class_version`; `None` when a launch may go ahead.
+    pub fn creation_held(&self, uid: &str, class_version: &str) -> Option<Duration> {
+        let mut holds = self
+            .creation_holds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match holds.get(uid) {
+            Some((until, version)) if version == class_version && *until > Instant::now() => {
+                Some(until.saturating_duration_since(Instant::now()))
+            }
+            Some(_) => {
+                holds.remove(uid);
+                None
+            }
+            None => None,
+        }
     }
 
     /// Forgets the backoff of `key` after a successful reconcile.

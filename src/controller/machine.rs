@@ -198,7 +198,14 @@ async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
             // The instance we launched is gone from EC2 altogether.
             return observe(m, ctx, None, &region).await;
         }
-        None => return create(m, ctx, &resolved).await,
+        None => {
+            let uid = m.uid().unwrap_or_default();
+            let class_version = class_version(&resolved.class);
+            if let Some(wait) = ctx.creation_held(&uid, &class_version) {
+                return Ok(Action::requeue(wait));
+            }
+            return create(m, ctx, &resolved).await;
+        }
     };
     ensure_identity(m, ctx, &instance, &region).await?;
     observe(m, ctx, Some(&instance), &region).await
@@ -238,7 +245,7 @@ async fn create(m: &Machine, ctx: &Context, r: &Resolved) -> Result<Action> {
         .await;
     let root = match root {
         Ok(root) => root,
-        Err(e) => return Err(launch_failed(m, ctx, e).await),
+        Err(e) => return Err(launch_failed(m, ctx, r, e).await),
     };
     let user_data = user_data(&r.secret_data);
     let placement = m
@@ -275,9 +282,21 @@ async fn create(m: &Machine, ctx: &Context, r: &Resolved) -> Result<Action> {
             return Err(Error::Invalid(msg));
         }
     };
-    let out = match r.handle.call("RunInstances", request.send()).await {
+    // No SDK-level retries: capacity errors come back as HTTP 500, which the
+    // SDK would retry at once; the controller's own policy decides instead.
+    // (Retrying is safe either way: the ClientToken makes it idempotent.)
+    let once = aws_sdk_ec2::config::Builder::default()
+        .retry_config(aws_sdk_ec2::config::retry::RetryConfig::standard().with_max_attempts(1));
+    let out = match r
+        .handle
+        .call(
+            "RunInstances",
+            request.customize().config_override(once).send(),
+        )
+        .await
+    {
         Ok(out) => out,
-        Err(e) => return Err(launch_failed(m, ctx, e).await),
+        Err(e) => return Err(launch_failed(m, ctx, r, e).await),
     };
     let Some(instance) = out.instances().first().map(InstanceInfo::from) else {
         return Err(Error::Invalid("RunInstances returned no instance".into()));
@@ -321,10 +340,25 @@ async fn create(m: &Machine, ctx: &Context, r: &Resolved) -> Result<Action> {
     Ok(Action::requeue(RECHECK_SOON))
 }
 
+/// What identifies a version of the class for the creation hold: its
+/// generation, which moves with every change except metadata (our own
+/// finalizer updates must not lift a hold).
+fn class_version(class: &MachineClass) -> String {
+    class.metadata.generation.unwrap_or_default().to_string()
+}
+
 /// Records a failed launch in the status (CrashLoopBackOff, MCM's phase for
 /// failing creations) and turns it into the reconcile error.
-async fn launch_failed(m: &Machine, ctx: &Context, e: Ec2Error) -> Error {
+async fn launch_failed(m: &Machine, ctx: &Context, r: &Resolved, e: Ec2Error) -> Error {
     let code = e.class.mcm_code();
+    // Whatever failed, the status write below must not trigger an
+    // immediate retry; a class change lifts the hold.
+    let class_version = class_version(&r.class);
+    ctx.hold_creation(
+        &m.uid().unwrap_or_default(),
+        &class_version,
+        e.retry_after(),
+    );
     let description = match e.class {
         ErrorClass::ResourceExhausted => format!("Resource exhausted, will retry: {e}"),
         ErrorClass::InvalidInput => format!("Invalid machine configuration: {e}"),

@@ -5,9 +5,11 @@
 
 mod support;
 
+mod configuration;
 mod crds;
 mod harness;
 mod lifecycle;
+mod resilience;
 mod samples;
 mod scale;
 mod status;

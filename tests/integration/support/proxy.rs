@@ -22,13 +22,37 @@ pub enum Fault {
     ServerError,
     Reset,
     Delay(Duration),
+    /// An EC2 error response with this HTTP status and error code.
+    Error(u16, &'static str),
 }
 
-/// A fault injected on every `every`-th request (counting all actions).
-#[derive(Clone, Copy, Debug)]
+/// A fault injected on one in `every` requests — of `action` when set, else
+/// of all. With `action`, exactly every `every`-th request of that action;
+/// without, a fixed pseudo-random choice per request number (repeatable, but
+/// not periodic, so no request pattern can dodge or always hit it).
+#[derive(Clone, Debug)]
 pub struct Rule {
     pub fault: Fault,
     pub every: u64,
+    pub action: Option<&'static str>,
+}
+
+impl Rule {
+    pub fn every(every: u64, fault: Fault) -> Rule {
+        Rule {
+            fault,
+            every,
+            action: None,
+        }
+    }
+
+    pub fn on(action: &'static str, every: u64, fault: Fault) -> Rule {
+        Rule {
+            fault,
+            every,
+            action: Some(action),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -141,6 +165,13 @@ async fn read_request(conn: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> 
     Ok(Some(buf))
 }
 
+/// A fixed bijective mix of a request number (splitmix64's finalizer).
+fn scramble(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d049bb133111eb);
+    x ^ (x >> 31)
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
@@ -176,11 +207,22 @@ async fn serve(
         let n = seq.fetch_add(1, Ordering::SeqCst) + 1;
         let fault = {
             let mut s = state.lock().unwrap();
-            *s.calls.entry(action.clone()).or_default() += 1;
+            let of_action = {
+                let c = s.calls.entry(action.clone()).or_default();
+                *c += 1;
+                *c
+            };
             let fault = s
                 .rules
                 .iter()
-                .find(|r| r.every > 0 && n.is_multiple_of(r.every))
+                .find(|r| {
+                    let count = match r.action {
+                        Some(a) if a == action => of_action,
+                        Some(_) => return false,
+                        None => scramble(n ^ (r.every << 32)),
+                    };
+                    r.every > 0 && count.is_multiple_of(r.every)
+                })
                 .map(|r| r.fault);
             if fault.is_some() {
                 *s.faults.entry(action.clone()).or_default() += 1;
@@ -214,6 +256,12 @@ async fn serve(
                 return Ok(()); // dropped with linger 0: the client sees a reset
             }
             Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
+            Some(Fault::Error(status, code)) => {
+                let line = format!("{status} Error");
+                conn.write_all(&error_response(&line, code, &format!("Injected {code}")))
+                    .await?;
+                continue;
+            }
             None => {}
         }
         let response = forward(upstream, &request).await?;
