@@ -41,6 +41,7 @@ pub struct TestEnv {
 }
 
 static ENV: OnceLock<TestEnv> = OnceLock::new();
+static TARGET_ENV: OnceLock<TestEnv> = OnceLock::new();
 static NS_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Field manager used by tests that apply objects.
@@ -54,6 +55,12 @@ fn repo_root() -> PathBuf {
 /// the test, never skips it) with setup instructions when it cannot start.
 pub fn env() -> &'static TestEnv {
     ENV.get_or_init(start)
+}
+
+/// A second, independent control plane, for tests where the Nodes live in a
+/// target cluster other than the control cluster. Started on first use.
+pub fn target_env() -> &'static TestEnv {
+    TARGET_ENV.get_or_init(start)
 }
 
 fn start() -> TestEnv {

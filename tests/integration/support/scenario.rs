@@ -73,6 +73,21 @@ impl Scenario {
     /// Everything up; with `proxy`, the operator reaches moto through a
     /// [`FaultProxy`].
     pub async fn start_with(prefix: &str, proxy: bool, extra_flags: &[&str]) -> Scenario {
+        Self::start_opts(prefix, proxy, extra_flags, None).await
+    }
+
+    /// Everything up, with the Nodes (kubelet stand-in) in `target`'s API
+    /// server and the operator pointed there with `--target-kubeconfig`.
+    pub async fn start_with_target(prefix: &str, target: &'static super::TestEnv) -> Scenario {
+        Self::start_opts(prefix, false, &[], Some(target)).await
+    }
+
+    async fn start_opts(
+        prefix: &str,
+        proxy: bool,
+        extra_flags: &[&str],
+        target: Option<&'static super::TestEnv>,
+    ) -> Scenario {
         let client = env().client().await;
         install_crds(&client).await;
         let ns = namespace(&client, prefix).await;
@@ -93,14 +108,22 @@ impl Scenario {
             .create(&PostParams::default(), &secret)
             .await
             .expect("create secret");
-        let kubelet = Kubelet::start(client.clone(), ec2.clone(), &ns);
+        let node_client = match target {
+            Some(t) => t.client().await,
+            None => client.clone(),
+        };
+        let kubelet = Kubelet::start(node_client, ec2.clone(), &ns);
         let proxy = if proxy {
             Some(FaultProxy::start(env().var("AWS_ENDPOINT_URL_EC2")).await)
         } else {
             None
         };
-        let mut flags: Vec<&str> = FAST_FLAGS.to_vec();
-        flags.extend_from_slice(extra_flags);
+        let mut flags: Vec<String> = FAST_FLAGS.iter().map(|f| f.to_string()).collect();
+        flags.extend(extra_flags.iter().map(|f| f.to_string()));
+        if let Some(t) = target {
+            flags.push(format!("--target-kubeconfig={}", t.kubeconfig().display()));
+        }
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         let endpoint = proxy
             .as_ref()
             .map(|p| p.url.clone())
