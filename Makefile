@@ -2,7 +2,7 @@
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
-.PHONY: help demo test test-env lint fmt crd build release docker-build
+.PHONY: help demo test test-env bench lint fmt crd build release docker-build
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -18,6 +18,9 @@ test-env: ## Provision kube-apiserver, etcd, kube-controller-manager, moto, helm
 	bash hack/kube-binaries.sh >/dev/null
 	bash hack/moto.sh >/dev/null
 	bash hack/helm-kubectl.sh >/dev/null
+
+bench: test-env ## Measurements: EC2 calls per lifecycle, 100 machines to Running (BENCH_MACHINES=N)
+	$(CARGO) test --test integration bench_ -- --ignored --nocapture --test-threads=1
 
 lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check

@@ -5,6 +5,7 @@
 
 mod support;
 
+mod bench;
 mod configuration;
 mod crds;
 mod harness;
