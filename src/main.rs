@@ -6,31 +6,17 @@
 //! Nodes live, from `--target-kubeconfig` (default: the control cluster). AWS
 //! endpoints follow the SDK's standard variables (`AWS_ENDPOINT_URL_EC2`,
 //! `AWS_ENDPOINT_URL`, `AWS_REGION`).
-//!
-//! Start-up order: bind the metrics and health listeners, connect, join the
-//! leader election (when enabled) and wait for the Lease, then run the
-//! controllers. SIGTERM stops the controllers (reconciles in flight
-//! finish), releases the Lease and stops the listeners. Losing the Lease
-//! exits at once with an error, so the Pod restarts as a standby.
 
-use std::io::IsTerminal;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::Reporter;
 use kube::{Client, Config};
-use mcm_provider_aws::admin::{Endpoints, parse_bind_address};
 use mcm_provider_aws::controller::{self, ControllerConfig};
-use mcm_provider_aws::health::{CACHES, Check, EC2_CREDENTIALS, Health, LEADER_ELECTION};
-use mcm_provider_aws::leader::{Election, LeaderElectionConfig, default_identity};
-use mcm_provider_aws::metrics::Metrics;
-use mcm_provider_aws::shutdown::Shutdown;
-use tracing::{error, info};
+use tracing::error;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -87,57 +73,6 @@ struct Cli {
     /// Log format.
     #[arg(long, env = "MCM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-
-    /// Log level or filter (`info`, `debug`, `info,mcm_provider_aws=debug`);
-    /// `RUST_LOG`, when set, wins.
-    #[arg(long, env = "MCM_LOG_LEVEL", default_value = "info")]
-    log_level: String,
-
-    /// Where `/metrics` is served: `host:port`, `:port`, or `0` to disable.
-    #[arg(long, env = "MCM_METRICS_BIND_ADDRESS", default_value = ":8080", value_parser = bind_address)]
-    metrics_bind_address: BindAddress,
-
-    /// Where `/livez` and `/readyz` are served: `host:port`, `:port`, or `0`
-    /// to disable. The same address as the metrics serves all three.
-    #[arg(long, env = "MCM_HEALTH_BIND_ADDRESS", default_value = ":8081", value_parser = bind_address)]
-    health_bind_address: BindAddress,
-
-    /// Elect a leader among replicas through a Lease before reconciling.
-    /// Required whenever more than one replica runs.
-    #[arg(long, env = "MCM_LEADER_ELECT")]
-    leader_elect: bool,
-
-    /// Namespace of the leader election Lease (default: the namespace the
-    /// operator runs in: POD_NAMESPACE, the in-cluster namespace, or the
-    /// kubeconfig context's).
-    #[arg(long, env = "MCM_LEADER_ELECTION_NAMESPACE")]
-    leader_election_namespace: Option<String>,
-
-    /// Name of the leader election Lease.
-    #[arg(
-        long,
-        env = "MCM_LEADER_ELECTION_ID",
-        default_value = "mcm-provider-aws"
-    )]
-    leader_election_id: String,
-
-    /// How long the Lease stays valid without renewal; a standby takes over
-    /// at most this long after the leader died.
-    #[arg(long, env = "MCM_LEADER_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = duration)]
-    leader_election_lease_duration: Duration,
-
-    /// The leader renews the Lease when this much of the lease duration has
-    /// passed; a leader that cannot renew stops before the Lease expires.
-    #[arg(long, env = "MCM_LEADER_ELECTION_RENEW_DEADLINE", default_value = "10s", value_parser = duration)]
-    leader_election_renew_deadline: Duration,
-}
-
-/// A listen address, or `None` when disabled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct BindAddress(Option<SocketAddr>);
-
-fn bind_address(s: &str) -> Result<BindAddress, String> {
-    parse_bind_address(s).map(BindAddress)
 }
 
 /// Parses Go-style durations (`30s`, `20m`, `2h`, `1h30m`).
@@ -153,11 +88,9 @@ fn duration(s: &str) -> Result<Duration, String> {
         })
 }
 
-fn init_logging(format: LogFormat, level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stdout().is_terminal());
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -183,57 +116,25 @@ async fn client_for(kubeconfig: Option<&PathBuf>) -> Result<Client, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format, &cli.log_level);
+    init_logging(cli.log_format);
     // kube and the AWS SDK share rustls; pick its crypto provider once.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    match operate(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
+
+    let control = match client_for(None).await {
+        Ok(c) => c,
         Err(e) => {
             error!("{e}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
-    }
-}
-
-async fn operate(cli: Cli) -> Result<(), String> {
-    let shutdown = Shutdown::on_signals();
-    let metrics = Arc::new(Metrics::new());
-    let health = Health::new();
-    let endpoints = Endpoints::bind(
-        cli.metrics_bind_address.0,
-        cli.health_bind_address.0,
-        Arc::clone(&metrics),
-        health.clone(),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let server = tokio::spawn(endpoints.serve(shutdown.clone()));
-
-    let result = reconcile(cli, &shutdown, metrics, health).await;
-    // Whatever ended the run, the listeners stop with it.
-    shutdown.trigger();
-    if tokio::time::timeout(Duration::from_secs(5), server)
-        .await
-        .is_err()
-    {
-        error!("HTTP listeners did not stop within 5s");
-    }
-    result
-}
-
-/// Connects, waits for the Lease (when electing) and runs the controllers
-/// until shutdown.
-async fn reconcile(
-    cli: Cli,
-    shutdown: &Shutdown,
-    metrics: Arc<Metrics>,
-    health: Health,
-) -> Result<(), String> {
-    let control = client_for(None).await?;
+    };
     let target = match cli.target_kubeconfig.as_ref() {
-        Some(path) => client_for(Some(path))
-            .await
-            .map_err(|e| format!("target cluster: {e}"))?,
+        Some(path) => match client_for(Some(path)).await {
+            Ok(c) => c,
+            Err(e) => {
+                error!("target cluster: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
         None => control.clone(),
     };
     let config = ControllerConfig {
@@ -251,73 +152,8 @@ async fn reconcile(
         controller: "mcm-provider-aws".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
-    let run = |metrics: Arc<Metrics>, health: Health| {
-        controller::run(control.clone(), target, config, reporter, metrics, health)
-    };
-
-    if !cli.leader_elect {
-        health.set(
-            LEADER_ELECTION,
-            Check::Passed("leader election disabled: this replica reconciles".into()),
-        );
-        metrics.set_leader(true);
-        run(metrics, health).await;
-        return Ok(());
-    }
-
-    let election_config = LeaderElectionConfig {
-        namespace: cli
-            .leader_election_namespace
-            .or_else(|| std::env::var("POD_NAMESPACE").ok())
-            .unwrap_or_else(|| control.default_namespace().to_string()),
-        name: cli.leader_election_id,
-        identity: default_identity(),
-        lease_duration: cli.leader_election_lease_duration,
-        renew_deadline: cli.leader_election_renew_deadline,
-    };
-    election_config.validate()?;
-    let lease = format!("{}/{}", election_config.namespace, election_config.name);
-    // A standby is ready: it serves metrics and can take over at any time.
-    let standby = format!("standby: waits for Lease {lease}");
-    health.set(LEADER_ELECTION, Check::Passed(standby.clone()));
-    for check in [CACHES, EC2_CREDENTIALS] {
-        health.set(
-            check,
-            Check::Passed(format!("{standby}; checked once leading")),
-        );
-    }
-    metrics.set_leader(false);
-    let Some(mut election) = Election::join(control.clone(), election_config, shutdown).await
-    else {
-        return Ok(());
-    };
-    if !election.leading(shutdown).await {
-        election.release().await;
-        return Ok(());
-    }
-    info!(identity = election.identity(), lease = %lease, "leading: starting the controllers");
-    health.set(
-        LEADER_ELECTION,
-        Check::Passed(format!(
-            "leading as {} (Lease {lease})",
-            election.identity()
-        )),
-    );
-    for check in [CACHES, EC2_CREDENTIALS] {
-        health.set(check, Check::Pending("leading: not checked yet".into()));
-    }
-    metrics.set_leader(true);
-    tokio::select! {
-        _ = run(Arc::clone(&metrics), health) => {
-            metrics.set_leader(false);
-            election.release().await;
-            Ok(())
-        }
-        why = election.lost() => {
-            metrics.set_leader(false);
-            Err(format!("leader election lost, exiting so that only the new leader acts: {why}"))
-        }
-    }
+    controller::run(control, target, config, reporter).await;
+    ExitCode::SUCCESS
 }
 
 #[cfg(test)]
@@ -340,34 +176,5 @@ mod tests {
         assert_eq!(cli.machine_drain_timeout, Duration::from_secs(7200));
         assert_eq!(cli.orphan_collection_interval, Duration::from_secs(900));
         assert_eq!(cli.node_conditions.len(), 4);
-        assert_eq!(
-            cli.metrics_bind_address,
-            BindAddress(Some("0.0.0.0:8080".parse().unwrap()))
-        );
-        assert_eq!(
-            cli.health_bind_address,
-            BindAddress(Some("0.0.0.0:8081".parse().unwrap()))
-        );
-        assert!(!cli.leader_elect);
-        assert_eq!(cli.leader_election_lease_duration, Duration::from_secs(15));
-    }
-
-    #[test]
-    fn endpoints_can_be_disabled_or_put_on_a_free_port() {
-        let cli = Cli::parse_from([
-            "machine-controller",
-            "--metrics-bind-address=0",
-            "--health-bind-address=127.0.0.1:0",
-            "--leader-elect",
-        ]);
-        assert_eq!(cli.metrics_bind_address, BindAddress(None));
-        assert_eq!(
-            cli.health_bind_address,
-            BindAddress(Some("127.0.0.1:0".parse().unwrap()))
-        );
-        assert!(cli.leader_elect);
-        assert!(
-            Cli::try_parse_from(["machine-controller", "--metrics-bind-address=8080"]).is_err()
-        );
     }
 }
