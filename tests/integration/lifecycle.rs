@@ -184,3 +184,21 @@ async fn machine_without_instance_is_released_at_once() {
     s.wait_gone("m0", MINUTE).await;
     assert!(s.live_instances().await.is_empty());
 }
+
+#[tokio::test]
+async fn settings_ec2_takes_only_after_launch_are_applied() {
+    let s = Scenario::start("postlaunch").await;
+    s.apply_class(crate::support::scenario::CLASS, |c| {
+        c["providerSpec"]["srcAndDstChecksEnabled"] = serde_json::json!(false);
+    })
+    .await;
+    s.create_machine("nat").await;
+    s.wait_phase("nat", MachinePhase::Running, 2 * MINUTE).await;
+    let live = s.live_instances().await;
+    assert_eq!(live.len(), 1);
+    assert_eq!(
+        live[0].source_dest_check(),
+        Some(false),
+        "source/dest check disabled"
+    );
+}
