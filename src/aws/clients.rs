@@ -184,9 +184,8 @@ impl Ec2Handle {
         Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let started = Instant::now();
-        self.limiter.acquire(operation).await;
-        self.finish(operation, started.elapsed(), request.await)
+        self.run(operation, self.limiter.acquire(operation), request)
+            .await
     }
 
     /// [`call`](Self::call) for a Describe request that sets a filter or
@@ -201,9 +200,8 @@ impl Ec2Handle {
         Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let started = Instant::now();
-        self.limiter.acquire_filtered(operation).await;
-        self.finish(operation, started.elapsed(), request.await)
+        self.run(operation, self.limiter.acquire_filtered(operation), request)
+            .await
     }
 
     /// [`call`](Self::call) for a request touching `instances` instances at
@@ -219,9 +217,25 @@ impl Ec2Handle {
         Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let started = Instant::now();
         let instances = u32::try_from(instances).unwrap_or(u32::MAX);
-        self.limiter.acquire_instances(operation, instances).await;
+        let acquire = self.limiter.acquire_instances(operation, instances);
+        self.run(operation, acquire, request).await
+    }
+
+    /// Waits for `acquire` (the rate limiter), then runs `request` and
+    /// records the outcome.
+    async fn run<T, E, Fut>(
+        &self,
+        operation: &'static str,
+        acquire: impl Future<Output = ()>,
+        request: Fut,
+    ) -> Result<T, Ec2Error>
+    where
+        Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let started = Instant::now();
+        acquire.await;
         self.finish(operation, started.elapsed(), request.await)
     }
 
