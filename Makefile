@@ -19,7 +19,7 @@ test-env: ## Provision kube-apiserver, etcd, kube-controller-manager, moto, helm
 	bash hack/moto.sh >/dev/null
 	bash hack/helm-kubectl.sh >/dev/null
 
-bench: test-env ## Measurements: EC2 calls per lifecycle, 100 machines to Running (BENCH_MACHINES=N)
+bench: test-env ## Measurements: EC2 calls per lifecycle, 100 machines to Running (BENCH_MACHINES=N), rolling replacement of 10
 	$(CARGO) test --test integration bench_ -- --ignored --nocapture --test-threads=1
 
 lint: ## rustfmt and clippy, warnings are errors

@@ -9,10 +9,11 @@
 //!          release the finalizer. Every step is read back from the world, so
 //!          a restart resumes where the last process stopped.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, NodeCondition, Secret};
+use k8s_openapi::api::core::v1::{Node, NodeCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
@@ -25,19 +26,26 @@ use tracing::{info, warn};
 
 use super::context::{Context, MANAGER};
 use super::drain::DrainProgress;
+use super::drift::{
+    self, CLASS_TAG_KEYS_ANNOTATION, CONDITION_DRIFTED, EffectiveSpec, LoadedClass,
+    REPLACE_ON_DRIFT_ANNOTATION, Replacer, SPEC_FIELDS_ANNOTATION, SPEC_HASH_ANNOTATION,
+};
 use super::error::{Error, Result};
+use super::ownership;
 use super::phase::{self, InstanceHealth, NodeHealth, Timeouts};
 use crate::api::machine::{Machine, MachineStatus, NODE_LABEL};
 use crate::api::machine_class::MachineClass;
+use crate::api::machine_deployment::MACHINE_TEMPLATE_HASH_LABEL;
 use crate::api::shared::{
     CurrentStatus, LastOperation, MachineOperationType, MachinePhase, MachineState,
 };
-use crate::api::validation::{validate_provider_spec, validate_secret_data};
 use crate::aws::clients::Ec2Handle;
-use crate::aws::credentials::{CredentialSource, merge_secret_data, user_data};
+use crate::aws::credentials::{CredentialSource, user_data};
 use crate::aws::errors::{Ec2Error, ErrorClass};
 use crate::aws::instances::{self, InstanceInfo, InstanceState, instance_id_from_provider_id};
-use crate::aws::launch::{LaunchContext, build_run_instances, post_launch_actions};
+use crate::aws::launch::{
+    LaunchContext, PostLaunchAction, build_run_instances, post_launch_actions,
+};
 
 /// Finalizer on Machines (and on classes in use), as MCM names it.
 pub const FINALIZER: &str = "machine.sapcloud.io/machine-controller-manager";
@@ -93,82 +101,28 @@ pub fn error_policy(machine: Arc<Machine>, error: &Error, ctx: Arc<Context>) -> 
     }
 }
 
-/// The class, merged secret data and EC2 handle a Machine needs.
+/// The class, merged secret data and EC2 handle a Machine needs, and the
+/// class's effective provider spec (for drift).
 struct Resolved {
     class: MachineClass,
     secret_data: std::collections::BTreeMap<String, k8s_openapi::ByteString>,
     handle: Ec2Handle,
+    effective: EffectiveSpec,
 }
 
 async fn resolve(m: &Machine, ctx: &Context) -> Result<Resolved> {
     let ns = m.namespace().unwrap_or_default();
-    let class_name = &m.spec.class.name;
-    let class = Api::<MachineClass>::namespaced(ctx.client.clone(), &ns)
-        .get_opt(class_name)
-        .await?
-        .ok_or_else(|| {
-            Error::Invalid(format!(
-                "MachineClass {ns}/{class_name} (spec.class.name) not found"
-            ))
-        })?;
-    if !class.is_aws() {
-        return Err(Error::Invalid(format!(
-            "MachineClass {class_name} has provider {:?}; this operator serves AWS",
-            class.provider.as_deref().unwrap_or_default()
-        )));
-    }
-    let secret_ref = get_secret(ctx, &ns, class.secret_ref.as_ref(), "secretRef").await?;
-    let creds_ref = get_secret(
-        ctx,
-        &ns,
-        class.credentials_secret_ref.as_ref(),
-        "credentialsSecretRef",
-    )
-    .await?;
-    let secret_data = merge_secret_data(secret_ref.as_ref(), creds_ref.as_ref());
-
-    let mut findings: Vec<String> = validate_provider_spec(&class.provider_spec)
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    findings.extend(
-        validate_secret_data(&secret_data)
-            .iter()
-            .map(ToString::to_string),
-    );
-    if !findings.is_empty() {
-        return Err(Error::Invalid(format!(
-            "MachineClass {class_name} is invalid: {}",
-            findings.join("; ")
-        )));
-    }
+    let LoadedClass { class, secret_data } =
+        drift::load_class(&ctx.client, &ns, &m.spec.class.name).await?;
     let source = CredentialSource::from_secret_data(&secret_data);
     let handle = ctx.ec2.get(&source, &class.provider_spec.region).await;
+    let effective = EffectiveSpec::of(&class.provider_spec, user_data(&secret_data).as_deref());
     Ok(Resolved {
         class,
         secret_data,
         handle,
+        effective,
     })
-}
-
-async fn get_secret(
-    ctx: &Context,
-    default_ns: &str,
-    reference: Option<&k8s_openapi::api::core::v1::SecretReference>,
-    field: &str,
-) -> Result<Option<Secret>> {
-    let Some(r) = reference else { return Ok(None) };
-    let name = r.name.as_deref().unwrap_or_default();
-    let ns = r
-        .namespace
-        .as_deref()
-        .filter(|s| !s.is_empty())
-        .unwrap_or(default_ns);
-    Api::<Secret>::namespaced(ctx.client.clone(), ns)
-        .get_opt(name)
-        .await?
-        .map(Some)
-        .ok_or_else(|| Error::Invalid(format!("Secret {ns}/{name} ({field}) not found")))
 }
 
 // ---------------------------------------------------------------- apply
@@ -195,8 +149,13 @@ async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
     let instance = match locate(m, &resolved.handle, ctx).await? {
         Some(i) => i,
         None if m.spec.provider_id.is_some() => {
+            // EC2's reads are eventually consistent: a just-launched instance
+            // can be missing from DescribeInstances for a little while.
+            if just_launched(m) {
+                return Ok(Action::requeue(RECHECK_SOON));
+            }
             // The instance we launched is gone from EC2 altogether.
-            return observe(m, ctx, None, &region).await;
+            return observe(m, ctx, None, &region, None).await;
         }
         None => {
             let uid = m.uid().unwrap_or_default();
@@ -207,9 +166,185 @@ async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
             return create(m, ctx, &resolved).await;
         }
     };
-    ensure_identity(m, ctx, &instance, &region).await?;
-    observe(m, ctx, Some(&instance), &region).await
+    // Machines from before drift bookkeeping (or whose launch record was
+    // lost in a crash) take the class as it is now as their baseline.
+    let recorded = launch_record(m, &resolved);
+    ensure_identity(m, ctx, &instance, &region, &recorded).await?;
+    if !instance.state.is_gone() {
+        sync_tags(m, ctx, &resolved, &instance, &recorded).await?;
+    }
+    let drift = drift_condition(m, &resolved, &recorded);
+    observe(m, ctx, Some(&instance), &region, Some(drift)).await
 }
+
+/// The drift annotations the Machine has, or, where missing, those of the
+/// class as it is now.
+fn launch_record(m: &Machine, r: &Resolved) -> BTreeMap<String, String> {
+    let mut record = r.effective.annotations(&r.class.provider_spec.tags);
+    for (key, value) in record.iter_mut() {
+        if let Some(existing) = m.annotations().get(key) {
+            value.clone_from(existing);
+        }
+    }
+    record
+}
+
+/// `(status, reason, message)` of the Drifted condition.
+fn drift_condition(
+    m: &Machine,
+    r: &Resolved,
+    recorded: &BTreeMap<String, String>,
+) -> (&'static str, &'static str, String) {
+    let state = drift::assess(
+        recorded
+            .get(SPEC_HASH_ANNOTATION)
+            .map(String::as_str)
+            .unwrap_or_default(),
+        recorded.get(SPEC_FIELDS_ANNOTATION).map(String::as_str),
+        &r.effective,
+    );
+    let replacer = match ownership::controller_of(&m.metadata) {
+        Some(o)
+            if o.kind == "MachineSet" && m.labels().contains_key(MACHINE_TEMPLATE_HASH_LABEL) =>
+        {
+            Replacer::Deployment
+        }
+        Some(o) if o.kind == "MachineSet" => {
+            if m.annotations()
+                .get(REPLACE_ON_DRIFT_ANNOTATION)
+                .map(String::as_str)
+                == Some("true")
+            {
+                Replacer::SetOnDrift
+            } else {
+                Replacer::Set
+            }
+        }
+        _ => Replacer::Nobody,
+    };
+    drift::condition(&state, &r.class.name_any(), replacer)
+}
+
+/// Applies the class's tags to the instance, its volumes and its network
+/// interfaces in place (tags never need a new instance) and records which
+/// keys came from the class, so that only those are ever removed.
+async fn sync_tags(
+    m: &Machine,
+    ctx: &Context,
+    r: &Resolved,
+    instance: &InstanceInfo,
+    recorded: &BTreeMap<String, String>,
+) -> Result<()> {
+    let class_tags = &r.class.provider_spec.tags;
+    let applied = recorded.get(CLASS_TAG_KEYS_ANNOTATION).map(String::as_str);
+    let plan = drift::tag_plan(&instance.tags, class_tags, applied);
+    if !plan.is_empty() {
+        let mut resources = vec![instance.id.clone()];
+        resources.extend(attached_resources(&r.handle, &instance.id).await?);
+        if !plan.set.is_empty() {
+            let tags: Vec<aws_sdk_ec2::types::Tag> = plan
+                .set
+                .iter()
+                .map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build())
+                .collect();
+            let req = r
+                .handle
+                .client
+                .create_tags()
+                .set_resources(Some(resources.clone()))
+                .set_tags(Some(tags));
+            r.handle.call("CreateTags", req.send()).await?;
+        }
+        if !plan.remove.is_empty() {
+            let tags: Vec<aws_sdk_ec2::types::Tag> = plan
+                .remove
+                .iter()
+                .map(|k| aws_sdk_ec2::types::Tag::builder().key(k).build())
+                .collect();
+            let req = r
+                .handle
+                .client
+                .delete_tags()
+                .set_resources(Some(resources))
+                .set_tags(Some(tags));
+            r.handle.call("DeleteTags", req.send()).await?;
+        }
+        let mut updated = instance.clone();
+        updated.tags.extend(plan.set.clone());
+        for key in &plan.remove {
+            updated.tags.remove(key);
+        }
+        ctx.instances.record(&r.handle.key, updated).await;
+        info!(machine = %m.name_any(), set = ?plan.set.keys().collect::<Vec<_>>(), removed = ?plan.remove, "updated instance tags in place");
+        publish(
+            ctx,
+            m,
+            EventType::Normal,
+            "TagsUpdated",
+            "Update",
+            format!(
+                "Updated the tags of instance {} in place (set: {}; removed: {})",
+                instance.id,
+                plan.set.keys().cloned().collect::<Vec<_>>().join(", "),
+                plan.remove.join(", ")
+            ),
+        )
+        .await;
+    }
+    let keys = drift::class_tag_keys(class_tags).join(",");
+    if m.annotations().get(CLASS_TAG_KEYS_ANNOTATION) != Some(&keys) {
+        let patch = json!({"metadata": {"annotations": {CLASS_TAG_KEYS_ANNOTATION: keys}}});
+        machines(ctx, m)
+            .patch(
+                &m.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// IDs of the volumes and network interfaces attached to an instance, which
+/// carry the class's tags too. Asked only when tags change.
+async fn attached_resources(handle: &Ec2Handle, id: &str) -> Result<Vec<String>> {
+    let req = handle.client.describe_instances().instance_ids(id);
+    let out = handle.call("DescribeInstances", req.send()).await?;
+    Ok(out
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .flat_map(|i| {
+            let volumes = i
+                .block_device_mappings()
+                .iter()
+                .filter_map(|b| b.ebs()?.volume_id().map(str::to_string));
+            let interfaces = i
+                .network_interfaces()
+                .iter()
+                .filter_map(|n| n.network_interface_id().map(str::to_string));
+            volumes.chain(interfaces).collect::<Vec<_>>()
+        })
+        .collect())
+}
+
+/// A Machine still waiting for its first node, created less than
+/// [`LAUNCH_VISIBILITY_GRACE`] ago.
+fn just_launched(m: &Machine) -> bool {
+    let waiting = matches!(
+        m.phase(),
+        None | Some(MachinePhase::Pending) | Some(MachinePhase::CrashLoopBackOff)
+    );
+    let age = m
+        .creation_timestamp()
+        .and_then(|t| Duration::try_from(Timestamp::now().duration_since(t.0)).ok())
+        .unwrap_or_default();
+    waiting && age < LAUNCH_VISIBILITY_GRACE
+}
+
+/// How long a launched instance may be invisible to DescribeInstances before
+/// the Machine is considered to have lost it.
+const LAUNCH_VISIBILITY_GRACE: Duration = Duration::from_secs(5 * 60);
 
 /// Finds the Machine's instance: by providerID through the shared view, else
 /// (never launched, or launched by a process that died before recording it)
@@ -303,7 +438,8 @@ async fn create(m: &Machine, ctx: &Context, r: &Resolved) -> Result<Action> {
     };
     info!(machine = %name, instance = %instance.id, "launched instance");
     ctx.instances.record(&r.handle.key, instance.clone()).await;
-    ensure_identity(m, ctx, &instance, &spec.region).await?;
+    let launched_from = r.effective.annotations(&spec.tags);
+    ensure_identity(m, ctx, &instance, &spec.region, &launched_from).await?;
     publish(
         ctx,
         m,
@@ -323,19 +459,8 @@ async fn create(m: &Machine, ctx: &Context, r: &Resolved) -> Result<Action> {
     .await;
 
     // MCM's InitializeMachine: settings EC2 only takes after launch.
-    let post = post_launch_actions(spec);
-    if post.disable_src_dst_check {
-        let req = r
-            .handle
-            .client
-            .modify_instance_attribute()
-            .instance_id(&instance.id)
-            .source_dest_check(
-                aws_sdk_ec2::types::AttributeBooleanValue::builder()
-                    .value(false)
-                    .build(),
-            );
-        r.handle.call("ModifyInstanceAttribute", req.send()).await?;
+    if let Some(launched) = out.instances().first() {
+        initialize(&r.handle, &instance.id, launched, spec).await?;
     }
     Ok(Action::requeue(RECHECK_SOON))
 }
@@ -345,6 +470,45 @@ async fn create(m: &Machine, ctx: &Context, r: &Resolved) -> Result<Action> {
 /// finalizer updates must not lift a hold).
 fn class_version(class: &MachineClass) -> String {
     class.metadata.generation.unwrap_or_default().to_string()
+}
+
+/// Applies what EC2 only accepts after launch (source/destination check,
+/// IPv6 prefixes), comparing the spec with the launched instance so that a
+/// repeat does nothing twice.
+async fn initialize(
+    handle: &Ec2Handle,
+    id: &str,
+    launched: &aws_sdk_ec2::types::Instance,
+    spec: &crate::api::provider_spec::AWSProviderSpec,
+) -> Result<()> {
+    for action in post_launch_actions(spec).pending(launched) {
+        match action {
+            PostLaunchAction::DisableSourceDestCheck => {
+                let off = aws_sdk_ec2::types::AttributeBooleanValue::builder()
+                    .value(false)
+                    .build();
+                let req = handle
+                    .client
+                    .modify_instance_attribute()
+                    .instance_id(id)
+                    .source_dest_check(off);
+                handle.call("ModifyInstanceAttribute", req.send()).await?;
+            }
+            PostLaunchAction::AssignIpv6Prefixes {
+                network_interface_id,
+                count,
+                ..
+            } => {
+                let req = handle
+                    .client
+                    .assign_ipv6_addresses()
+                    .network_interface_id(network_interface_id)
+                    .ipv6_prefix_count(count);
+                handle.call("AssignIpv6Addresses", req.send()).await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Records a failed launch in the status (CrashLoopBackOff, MCM's phase for
@@ -381,22 +545,38 @@ async fn launch_failed(m: &Machine, ctx: &Context, r: &Resolved, e: Ec2Error) ->
 }
 
 /// Sets `spec.providerID` and the `node` label once the instance is known.
-async fn ensure_identity(m: &Machine, ctx: &Context, i: &InstanceInfo, region: &str) -> Result<()> {
+/// Also records `launch` (the drift annotations of what the instance was
+/// launched from) where the Machine's annotations differ.
+async fn ensure_identity(
+    m: &Machine,
+    ctx: &Context,
+    i: &InstanceInfo,
+    region: &str,
+    launch: &BTreeMap<String, String>,
+) -> Result<()> {
     let provider_id = format!("aws:///{region}/{}", i.id);
     let node_name = node_for(ctx, m, i)
         .map(|n| n.name_any())
         .or_else(|| i.private_dns_name.clone());
     let wants_id = m.spec.provider_id.as_deref() != Some(provider_id.as_str());
     let wants_label = node_name.is_some() && m.labels().get(NODE_LABEL) != node_name.as_ref();
-    if !wants_id && !wants_label {
+    let annotations: BTreeMap<&String, &String> = launch
+        .iter()
+        .filter(|(k, v)| m.annotations().get(*k) != Some(*v))
+        .collect();
+    if !wants_id && !wants_label && annotations.is_empty() {
         return Ok(());
     }
     let mut patch = json!({});
     if wants_id {
         patch["spec"] = json!({"providerID": provider_id});
     }
+    patch["metadata"] = json!({});
     if let (true, Some(node)) = (wants_label, node_name) {
-        patch["metadata"] = json!({"labels": {NODE_LABEL: node}});
+        patch["metadata"]["labels"] = json!({NODE_LABEL: node});
+    }
+    if !annotations.is_empty() {
+        patch["metadata"]["annotations"] = json!(annotations);
     }
     machines(ctx, m)
         .patch(
@@ -413,17 +593,38 @@ async fn ensure_identity(m: &Machine, ctx: &Context, i: &InstanceInfo, region: &
 /// its name, never on the whole providerID string.
 fn node_for(ctx: &Context, m: &Machine, i: &InstanceInfo) -> Option<Arc<Node>> {
     let label = m.labels().get(NODE_LABEL);
-    ctx.nodes.state().into_iter().find(|n| {
-        let by_id = n
-            .spec
-            .as_ref()
-            .and_then(|s| s.provider_id.as_deref())
-            .and_then(instance_id_from_provider_id)
-            == Some(i.id.as_str());
-        by_id
-            || Some(&n.name_any()) == label
-            || n.name_any().as_str() == i.private_dns_name.as_deref().unwrap_or("-")
-    })
+    ctx.nodes
+        .state()
+        .into_iter()
+        .find(|n| match node_instance(n) {
+            Some(id) => id == i.id,
+            None => {
+                Some(&n.name_any()) == label
+                    || n.name_any().as_str() == i.private_dns_name.as_deref().unwrap_or("-")
+            }
+        })
+}
+
+/// The instance ID in a Node's providerID, if it has one.
+fn node_instance(node: &Node) -> Option<&str> {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.provider_id.as_deref())
+        .and_then(instance_id_from_provider_id)
+}
+
+/// Whether `node` is the Node of this machine's instance. EC2 reuses the
+/// private IPs of terminated instances, and with them node names: a Node
+/// named like the machine's may belong to a newer instance by now, and must
+/// then be neither drained nor deleted. A Node without providerID is taken
+/// by its name.
+fn node_belongs(node: &Node, m: &Machine) -> bool {
+    let ours = m
+        .spec
+        .provider_id
+        .as_deref()
+        .and_then(instance_id_from_provider_id);
+    node_instance(node).is_none_or(|id| Some(id) == ours)
 }
 
 fn node_by_name(ctx: &Context, name: &str) -> Option<Arc<Node>> {
@@ -498,6 +699,7 @@ async fn observe(
     ctx: &Context,
     instance: Option<&InstanceInfo>,
     _region: &str,
+    drift: Option<(&'static str, &'static str, String)>,
 ) -> Result<Action> {
     let node = instance.and_then(|i| node_for(ctx, m, i));
     let created = m
@@ -558,9 +760,19 @@ async fn observe(
             type_: Some(type_),
         };
     }
-    status.conditions = merged_conditions(&old.conditions, node.as_deref(), None);
+    let drift_message = drift
+        .as_ref()
+        .filter(|(status, _, _)| *status == "True")
+        .map(|(_, _, message)| message.clone());
+    status.conditions = merged_conditions(&old.conditions, node.as_deref(), None, drift);
     status.observed_generation = m.metadata.generation;
     write_status(m, ctx, &old, status).await?;
+    let was_drifted = old
+        .condition(CONDITION_DRIFTED)
+        .is_some_and(|c| c.status == "True");
+    if let (Some(message), false) = (drift_message, was_drifted) {
+        publish(ctx, m, EventType::Normal, "Drifted", "Update", message).await;
+    }
     if changed_phase {
         let (kind, reason) = match decision.phase {
             MachinePhase::Running => (EventType::Normal, "Running"),
@@ -592,25 +804,27 @@ async fn observe(
 
 /// Node conditions copied from the Node (without heartbeat times, which would
 /// rewrite the status on every kubelet heartbeat) plus our own configuration
-/// condition.
+/// condition and, when `drift` is given, the Drifted condition (else the
+/// previous one is kept).
 fn merged_conditions(
     old: &[NodeCondition],
     node: Option<&Node>,
     config_problem: Option<&str>,
+    drift: Option<(&'static str, &'static str, String)>,
 ) -> Vec<NodeCondition> {
+    let ours = [CONDITION_CONFIG_VALID, CONDITION_DRIFTED];
     let mut out: Vec<NodeCondition> = node
         .and_then(|n| n.status.as_ref())
         .and_then(|s| s.conditions.clone())
         .unwrap_or_else(|| {
             old.iter()
-                .filter(|c| c.type_ != CONDITION_CONFIG_VALID)
+                .filter(|c| !ours.contains(&c.type_.as_str()))
                 .cloned()
                 .collect()
         });
     for c in &mut out {
         c.last_heartbeat_time = None;
     }
-    let previous = old.iter().find(|c| c.type_ == CONDITION_CONFIG_VALID);
     let (status, reason, message) = match config_problem {
         Some(msg) => ("False", "InvalidConfiguration", msg.to_string()),
         None => (
@@ -619,21 +833,51 @@ fn merged_conditions(
             "The MachineClass and its Secrets are valid".to_string(),
         ),
     };
-    let unchanged = previous
-        .is_some_and(|p| p.status == status && p.message.as_deref() == Some(message.as_str()));
-    out.push(if unchanged {
-        previous.cloned().unwrap_or_default()
-    } else {
-        NodeCondition {
-            type_: CONDITION_CONFIG_VALID.into(),
+    out.push(stable_condition(
+        old,
+        CONDITION_CONFIG_VALID,
+        status,
+        reason,
+        message,
+    ));
+    match drift {
+        Some((status, reason, message)) => {
+            out.push(stable_condition(
+                old,
+                CONDITION_DRIFTED,
+                status,
+                reason,
+                message,
+            ));
+        }
+        None => out.extend(old.iter().find(|c| c.type_ == CONDITION_DRIFTED).cloned()),
+    }
+    out
+}
+
+/// A condition of ours: the previous one when nothing changed, so that the
+/// status stays the same from one pass to the next.
+fn stable_condition(
+    old: &[NodeCondition],
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+) -> NodeCondition {
+    let previous = old.iter().find(|c| c.type_ == type_);
+    match previous {
+        Some(p) if p.status == status && p.message.as_deref() == Some(message.as_str()) => {
+            p.clone()
+        }
+        _ => NodeCondition {
+            type_: type_.into(),
             status: status.into(),
             reason: Some(reason.into()),
             message: Some(message),
             last_transition_time: Some(Time(Timestamp::now())),
             last_heartbeat_time: None,
-        }
-    });
-    out
+        },
+    }
 }
 
 /// Writes a failure into `lastOperation` (and the configuration condition when
@@ -670,7 +914,8 @@ async fn report_failure(
             };
         }
     }
-    status.conditions = merged_conditions(&old.conditions, None, invalid.then_some(description));
+    status.conditions =
+        merged_conditions(&old.conditions, None, invalid.then_some(description), None);
     write_status(m, ctx, &old, status).await?;
     if !same {
         publish(
@@ -754,7 +999,11 @@ async fn cleanup(m: &Machine, ctx: &Context) -> Result<Action> {
 
     // 1. Cordon and drain the Node, if there is one.
     let node_name = m.labels().get(NODE_LABEL).cloned();
-    if let Some(node) = node_name.as_deref().and_then(|n| node_by_name(ctx, n)) {
+    if let Some(node) = node_name
+        .as_deref()
+        .and_then(|n| node_by_name(ctx, n))
+        .filter(|n| node_belongs(n, m))
+    {
         drain(m, ctx, &node).await?;
     }
 
@@ -814,14 +1063,25 @@ async fn cleanup(m: &Machine, ctx: &Context) -> Result<Action> {
         }
     }
 
-    // 3. Delete the Node object.
-    if let Some(node) = node_name {
-        match Api::<Node>::all(ctx.target.clone())
-            .delete(&node, &Default::default())
-            .await
-        {
+    // 3. Delete the Node object, if it is still this instance's. The cached
+    // Node may be stale: the UID precondition makes sure a Node that a newer
+    // instance registered under the same name in the meantime survives.
+    let nodes = Api::<Node>::all(ctx.target.clone());
+    if let Some(name) = node_name
+        && let Some(node) = node_by_name(ctx, &name)
+        && node_belongs(&node, m)
+    {
+        let params = kube::api::DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                uid: node.uid(),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match nodes.delete(&name, &params).await {
             Ok(_) => {}
             Err(e) if super::drain::is_not_found(&e) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
             Err(e) => return Err(e.into()),
         }
     }
@@ -959,14 +1219,47 @@ mod tests {
     }
 
     #[test]
+    fn drifted_condition_is_kept_between_passes_and_moves_only_on_change() {
+        let drifted = || Some(("True", "ProviderSpecChanged", "ami changed".to_string()));
+        let first = merged_conditions(&[], None, None, drifted());
+        let c = first.iter().find(|c| c.type_ == CONDITION_DRIFTED).unwrap();
+        assert_eq!(c.status, "True");
+        // A pass that does not look at drift (a failure report) keeps it.
+        let kept = merged_conditions(&first, None, Some("bad"), None);
+        assert_eq!(kept.iter().find(|c| c.type_ == CONDITION_DRIFTED), Some(c));
+        // Same drift again: the very same condition, timestamps included.
+        let again = merged_conditions(&kept, None, None, drifted());
+        assert_eq!(again.iter().find(|c| c.type_ == CONDITION_DRIFTED), Some(c));
+        assert_eq!(
+            again
+                .iter()
+                .filter(|c| c.type_ == CONDITION_DRIFTED)
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_node_whose_name_a_newer_instance_took_is_not_ours() {
+        let mut m = Machine::new("m", Default::default());
+        m.spec.provider_id = Some("aws:///eu-west-1/i-old".into());
+        let of = |provider_id: Option<&str>| {
+            node(json!({"metadata": {"name": "ip-10-0-0-4"}, "spec": {"providerID": provider_id}}))
+        };
+        assert!(node_belongs(&of(Some("aws:///eu-west-1a/i-old")), &m));
+        assert!(!node_belongs(&of(Some("aws:///eu-west-1a/i-new")), &m));
+        assert!(node_belongs(&of(None), &m), "no providerID: taken by name");
+    }
+
+    #[test]
     fn copied_node_conditions_drop_heartbeats_and_keep_config_condition_stable() {
         let n = node(json!({"metadata": {"name": "n"}, "status": {"conditions": [
             {"type": "Ready", "status": "True", "lastHeartbeatTime": "2026-01-01T00:00:00Z"}]}}));
-        let first = merged_conditions(&[], Some(&n), None);
+        let first = merged_conditions(&[], Some(&n), None, None);
         assert!(first.iter().all(|c| c.last_heartbeat_time.is_none()));
-        let second = merged_conditions(&first, Some(&n), None);
+        let second = merged_conditions(&first, Some(&n), None, None);
         assert_eq!(first, second, "a second pass changes nothing");
-        let invalid = merged_conditions(&second, Some(&n), Some("bad"));
+        let invalid = merged_conditions(&second, Some(&n), Some("bad"), None);
         let c = invalid
             .iter()
             .find(|c| c.type_ == CONDITION_CONFIG_VALID)

@@ -5,10 +5,16 @@ pub mod class;
 pub mod config;
 pub mod context;
 pub mod drain;
+pub mod drift;
 pub mod error;
+pub mod fleet;
 pub mod machine;
+pub mod machine_deployment;
+pub mod machine_set;
 pub mod orphans;
+pub mod ownership;
 pub mod phase;
+pub mod rollout;
 
 use futures::{StreamExt, future};
 use k8s_openapi::api::core::v1::Node;
@@ -123,13 +129,23 @@ pub async fn run(client: Client, target: Client, config: ControllerConfig, repor
         .run(class::reconcile, class::error_policy, ctx.clone())
         .for_each(|_| future::ready(()));
 
+    let (sets, set_store) =
+        machine_set::controller(&client, ns.as_deref(), ctx.clone(), machine_set::reconcile);
+    let deployments = machine_deployment::controller(
+        &client,
+        ns.as_deref(),
+        ctx.clone(),
+        machine_deployment::reconcile,
+        set_store,
+    );
+
     let orphans = orphans::run(ctx.clone());
     info!(
         namespace = ns.as_deref().unwrap_or("<all>"),
         "controllers started"
     );
     tokio::select! {
-        _ = future::join(machines, classes) => {}
+        _ = future::join4(machines, classes, sets, deployments) => {}
         _ = orphans => {}
     }
     info!("controllers stopped");

@@ -8,6 +8,7 @@ mod support;
 mod bench;
 mod configuration;
 mod crds;
+mod fleets;
 mod harness;
 mod health;
 mod lifecycle;

@@ -11,6 +11,11 @@
 //!   gone, the Node's Ready condition turns `Unknown`, as the node lifecycle
 //!   controller does when a kubelet stops posting status. Removing the Node is
 //!   the operator's job.
+//! - EC2 reuses the private IP, and so the node name, of a terminated
+//!   instance. A Node name speaks for the latest instance that registered
+//!   it; a leftover Node of a terminated instance in the way of a new one is
+//!   removed first (as the cloud node lifecycle controller does) and the new
+//!   instance registers on the next pass.
 //! - Pods bound to a Ready Node that are being deleted (e.g. evicted) are
 //!   finished with a grace period of 0, as the kubelet does once their
 //!   containers stopped. On a NotReady/Unknown Node nobody finishes them:
@@ -51,6 +56,10 @@ pub struct Kubelet {
 struct Shared {
     /// Instance ID → name of the Node registered for it.
     nodes: BTreeMap<String, String>,
+    /// Node name → the instance that registered it last. EC2 reuses the
+    /// private IPs (and so the node names) of terminated instances; a name
+    /// speaks for its latest instance only.
+    owners: BTreeMap<String, String>,
     /// Node name → readiness the test forces ([`Kubelet::set_ready`]).
     forced_ready: BTreeMap<String, bool>,
     /// The error of the last failed pass; the loop carries on regardless.
@@ -201,7 +210,7 @@ impl Agent {
             if running {
                 self.register(instance).await?;
             }
-            let Some(node) = lock(&self.shared).nodes.get(id).cloned() else {
+            let Some(node) = self.node_of_instance(id) else {
                 continue;
             };
             let readiness = match (running, self.forced_ready(&node)) {
@@ -215,16 +224,26 @@ impl Agent {
             }
         }
         // Instances EC2 has forgotten altogether.
-        let gone: Vec<String> = lock(&self.shared)
-            .nodes
-            .iter()
-            .filter(|(id, _)| !seen.contains(*id))
-            .map(|(_, node)| node.clone())
-            .collect();
+        let gone: Vec<String> = {
+            let shared = lock(&self.shared);
+            shared
+                .nodes
+                .iter()
+                .filter(|(id, node)| !seen.contains(*id) && shared.owners.get(*node) == Some(*id))
+                .map(|(_, node)| node.clone())
+                .collect()
+        };
         for node in gone {
             self.report(&node, Readiness::Unknown).await?;
         }
         Ok(())
+    }
+
+    /// The Node of instance `id`, unless a newer instance took its name.
+    fn node_of_instance(&self, id: &str) -> Option<String> {
+        let shared = lock(&self.shared);
+        let node = shared.nodes.get(id)?;
+        (shared.owners.get(node).map(String::as_str) == Some(id)).then(|| node.clone())
     }
 
     fn forced_ready(&self, node: &str) -> Option<bool> {
@@ -247,8 +266,39 @@ impl Agent {
             .map_err(|e| format!("build Node {name}: {e}"))?;
         match self.nodes.create(&PostParams::default(), &node).await {
             Ok(_) => {}
-            // A previous pass created it but failed before recording it.
-            Err(kube::Error::Api(s)) if s.is_already_exists() => {}
+            // A previous pass created it but failed before recording it, or
+            // the Node of a terminated instance whose IP EC2 gave to this
+            // one is still there: the cloud node lifecycle controller
+            // removes such Nodes, and this kubelet then registers.
+            Err(kube::Error::Api(s)) if s.is_already_exists() => {
+                let existing = self
+                    .nodes
+                    .get_opt(&name)
+                    .await
+                    .map_err(|e| format!("get Node {name}: {e}"))?;
+                let stale = existing.as_ref().filter(|n| {
+                    n.spec
+                        .as_ref()
+                        .and_then(|s| s.provider_id.as_deref())
+                        .is_some_and(|p| !p.ends_with(&format!("/{id}")))
+                });
+                if let Some(stale) = stale {
+                    let params = DeleteParams {
+                        preconditions: Some(Preconditions {
+                            uid: stale.uid(),
+                            resource_version: None,
+                        }),
+                        ..DeleteParams::default()
+                    };
+                    match self.nodes.delete(&name, &params).await {
+                        Ok(_) => {}
+                        Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => {}
+                        Err(e) => return Err(format!("delete stale Node {name}: {e}")),
+                    }
+                    // Registered on the next pass, once the old one is gone.
+                    return Ok(());
+                }
+            }
             Err(e) => return Err(format!("create Node {name}: {e}")),
         }
         // Status is a subresource: the create above dropped it.
@@ -270,7 +320,9 @@ impl Agent {
             .patch_status(&name, &PatchParams::default(), &Patch::Strategic(status))
             .await
             .map_err(|e| format!("register status of Node {name}: {e}"))?;
-        lock(&self.shared).nodes.insert(id.to_string(), name);
+        let mut shared = lock(&self.shared);
+        shared.owners.insert(name.clone(), id.to_string());
+        shared.nodes.insert(id.to_string(), name);
         Ok(())
     }
 

@@ -1,0 +1,810 @@
+//! The MachineDeployment reconciler: rolls MachineSets, Kubernetes
+//! Deployment style, and rolls machines when their MachineClass changes.
+//!
+//! validate → load the class (its effective-spec hash, see [`super::drift`])
+//! → list sets and machines (consistent reads) → find the *new* set: the one
+//! whose template equals the deployment's and whose class hash is the class's
+//! current one → one step of the strategy ([`rollout`], pure) → scale sets,
+//! create the new set, clean old ones → status and conditions.
+//!
+//! A class edit that needs new instances changes the hash, so no set matches
+//! any more and a new one is created: the normal rolling update then replaces
+//! every machine within maxSurge/maxUnavailable. A set created before the
+//! hash existed (or while the class was invalid) adopts the class as it is,
+//! so neither an operator upgrade nor a broken class edit rolls anything.
+//!
+//! `paused` and the (unsupported) `InPlaceUpdate` strategy only scale; the
+//! latter says so in the Progressing condition.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Future, StreamExt, TryFuture, future};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{self, Action};
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Controller, watcher};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tracing::{debug, info, warn};
+
+use super::context::{Context, MANAGER};
+use super::drift::{self, EffectiveSpec, SPEC_HASH_ANNOTATION};
+use super::error::{Error, Result};
+use super::fleet;
+use super::ownership::{self, Claim};
+use super::rollout::{self, ConditionInputs, Counts, RecreateStep, SetView};
+use crate::api::machine::Machine;
+use crate::api::machine_class::MachineClass;
+use crate::api::machine_deployment::{
+    MACHINE_TEMPLATE_HASH_LABEL, MachineDeployment, MachineDeploymentConditionType,
+    MachineDeploymentStatus, MachineDeploymentStrategyType,
+};
+use crate::api::machine_set::{MachineSet, MachineSetConditionType, MachineSetSpec};
+use crate::api::shared::{ConditionStatus, MachineSummary, MachineTemplateSpec};
+
+/// Re-check every deployment this often even without events: edits of the
+/// class's Secret (its userData) are noticed within this period.
+const RESYNC: Duration = Duration::from_secs(60);
+
+const IN_PLACE_MESSAGE: &str = "strategy.type InPlaceUpdate is not supported by this operator: changes of the template or its MachineClass are not rolled out, the deployment only scales. Use RollingUpdate or Recreate.";
+
+/// The MachineDeployment controller, woken by changes of its deployments,
+/// of the sets they own, of the machines of those sets (through `sets`, the
+/// MachineSet controller's store) and of the classes they use, running
+/// `reconcile` ([`reconcile`], possibly wrapped, e.g. for metrics). Runs
+/// until SIGTERM/SIGINT.
+pub fn controller<R, Fut>(
+    client: &Client,
+    namespace: Option<&str>,
+    ctx: Arc<Context>,
+    reconcile: R,
+    sets: Store<MachineSet>,
+) -> impl Future<Output = ()> + use<R, Fut>
+where
+    R: FnMut(Arc<MachineDeployment>, Arc<Context>) -> Fut,
+    Fut: TryFuture<Ok = Action, Error = Error> + Send + 'static,
+{
+    let wc = watcher::Config::default();
+    let ctl = Controller::new(
+        super::api::<MachineDeployment>(client, namespace),
+        wc.clone(),
+    );
+    let deployments = ctl.store();
+    let concurrency = ctx.config.concurrency;
+    // No debounce: machines of a deployment change often during a rollout,
+    // and trailing-edge debouncing would keep postponing its reconcile.
+    ctl.with_config(controller::Config::default().concurrency(concurrency))
+        .owns(super::api::<MachineSet>(client, namespace), wc.clone())
+        .watches(
+            super::api::<Machine>(client, namespace),
+            wc.clone(),
+            move |m| deployment_of_machine(&sets, &m),
+        )
+        .watches(
+            super::api::<MachineClass>(client, namespace),
+            wc,
+            move |class| {
+                let ns = class.namespace();
+                deployments
+                    .state()
+                    .iter()
+                    .filter(|d| {
+                        d.namespace() == ns && d.spec.template.spec.class.name == class.name_any()
+                    })
+                    .map(|d| ObjectRef::from_obj(d.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| future::ready(()))
+}
+
+/// The deployment whose set owns machine `m`, if any.
+fn deployment_of_machine(
+    sets: &Store<MachineSet>,
+    m: &Machine,
+) -> Option<ObjectRef<MachineDeployment>> {
+    let ns = m.namespace()?;
+    let owner = ownership::controller_of(&m.metadata)?;
+    let set = sets.get(&ObjectRef::new(&owner.name).within(&ns))?;
+    let d = ownership::controller_of(&set.metadata)
+        .filter(|o| o.kind == MachineDeployment::kind(&()))?;
+    Some(ObjectRef::new(&d.name).within(&ns))
+}
+
+/// Reconciles one MachineDeployment; see the module docs.
+pub async fn reconcile(d: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<Action> {
+    if d.metadata.deletion_timestamp.is_some() {
+        // The garbage collector deletes the sets, and with them the machines.
+        return Ok(Action::await_change());
+    }
+    let ns = d
+        .namespace()
+        .ok_or_else(|| Error::Invalid("MachineDeployment has no namespace".into()))?;
+    let uid = d.uid().unwrap_or_default();
+    let now = Timestamp::now();
+    let replicas = d.spec.replicas;
+    let min_ready = d.spec.min_ready_seconds;
+
+    // 1. What the schema cannot check.
+    let selector = match ownership::selector(d.spec.selector.as_ref()) {
+        Ok(s) if ownership::template_matches(&s, d.spec.template.metadata.labels.as_ref()) => s,
+        Ok(_) => {
+            return invalid(
+                &d,
+                &ctx,
+                "spec.template.metadata.labels do not match spec.selector",
+            )
+            .await;
+        }
+        Err(msg) => return invalid(&d, &ctx, &msg).await,
+    };
+    let (surge, max_unavailable) = match rollout::limits(&d.spec.strategy, replicas) {
+        Ok(limits) => limits,
+        Err(msg) => return invalid(&d, &ctx, &msg).await,
+    };
+    let strategy = d.spec.strategy.effective_type();
+
+    // 2. The class as it is now: its hash names the machines' generation.
+    let class_name = &d.spec.template.spec.class.name;
+    let (class_hash, class_problem) = match drift::load_class(&ctx.client, &ns, class_name).await {
+        Ok(class) => (Some(EffectiveSpec::of_class(&class).hash), None),
+        Err(Error::Invalid(msg)) => (None, Some(msg)),
+        Err(e) => return Err(e),
+    };
+
+    // 3. Sets (adopting orphans under the selector) and their machines.
+    let sets_api = Api::<MachineSet>::namespaced(ctx.client.clone(), &ns);
+    let query = ListParams::default().labels(&selector.to_string());
+    let mut sets: Vec<MachineSet> = Vec::new();
+    for s in sets_api.list(&query).await?.items {
+        match ownership::claim(&uid, &s.metadata) {
+            Claim::Owned => sets.push(s),
+            Claim::Adopt => {
+                ownership::adopt(&sets_api, &s, ownership::controller_ref(d.as_ref())).await?;
+                info!(deployment = %d.name_any(), set = %s.name_any(), "adopted machine set");
+                sets.push(s);
+            }
+            Claim::Ignore => {}
+        }
+    }
+    let machines = Api::<Machine>::namespaced(ctx.client.clone(), &ns)
+        .list(&query)
+        .await?
+        .items;
+    let mut by_set: HashMap<String, Vec<&Machine>> = HashMap::new();
+    for m in &machines {
+        if let Some(owner) = ownership::controller_uid(&m.metadata) {
+            by_set.entry(owner.to_string()).or_default().push(m);
+        }
+    }
+    let view =
+        |s: &MachineSet| set_view(s, by_set.get(&s.uid().unwrap_or_default()), min_ready, now);
+
+    // 4. Which set is the new one.
+    let new_index = find_new(&sets, &d.spec.template, class_hash.as_deref());
+    if let (Some(i), Some(hash)) = (new_index, class_hash.as_deref())
+        && !sets[i].annotations().contains_key(SPEC_HASH_ANNOTATION)
+    {
+        // Baseline: the set's machines run the class as it is now.
+        let patch = json!({"metadata": {"annotations": {SPEC_HASH_ANNOTATION: hash}}});
+        sets_api
+            .patch(
+                &sets[i].name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+    }
+    let mut new_view: Option<SetView> = new_index.map(|i| view(&sets[i]));
+    let mut old_views: Vec<SetView> = sets
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != new_index)
+        .map(|(_, s)| view(s))
+        .collect();
+    let new_name = new_index.map(|i| sets[i].name_any());
+
+    // 5. One step of the strategy.
+    let in_place = strategy == MachineDeploymentStrategyType::InPlaceUpdate;
+    let mut changes: Vec<(String, i32)> = Vec::new();
+    let mut create_with: Option<i32> = None;
+    if d.spec.paused || in_place {
+        if sets.is_empty() && !d.spec.paused {
+            create_with = Some(replicas);
+        } else {
+            let mut ordered: Vec<SetView> = new_view.iter().cloned().collect();
+            let mut others = old_views.clone();
+            others.sort_by(|a, b| (b.created, &b.name).cmp(&(a.created, &a.name)));
+            ordered.extend(others);
+            changes = rollout::scale_without_rollout(replicas, &ordered);
+        }
+    } else if strategy == MachineDeploymentStrategyType::Recreate {
+        match rollout::recreate_step(replicas, new_view.as_ref(), &old_views) {
+            RecreateStep::ScaleOldToZero(names) => {
+                changes = names.into_iter().map(|n| (n, 0)).collect();
+            }
+            RecreateStep::WaitForOldMachines | RecreateStep::Done => {}
+            RecreateStep::ScaleNew(r) => match &new_view {
+                Some(n) => changes = vec![(n.name.clone(), r)],
+                None => create_with = Some(r),
+            },
+        }
+    } else {
+        match &new_view {
+            Some(n) => {
+                changes = rollout::rolling_step(replicas, surge, max_unavailable, n, &old_views)
+            }
+            None => {
+                const PLACEHOLDER: &str = "\0new";
+                let empty = SetView {
+                    name: PLACEHOLDER.into(),
+                    ..SetView::default()
+                };
+                let step =
+                    rollout::rolling_step(replicas, surge, max_unavailable, &empty, &old_views);
+                create_with = Some(
+                    step.iter()
+                        .find(|(n, _)| n == PLACEHOLDER)
+                        .map_or(0, |(_, r)| *r),
+                );
+                changes = step.into_iter().filter(|(n, _)| n != PLACEHOLDER).collect();
+            }
+        }
+    }
+
+    debug!(
+        deployment = %d.name_any(),
+        new = ?new_view,
+        old = ?old_views,
+        ?changes,
+        ?create_with,
+        "rollout step"
+    );
+
+    // 6. Act: create the new set, scale sets.
+    let mut failure: Option<(String, String)> = None;
+    let mut created_new = false;
+    let mut collision_count = d.status.as_ref().and_then(|s| s.collision_count);
+    let mut new_name = new_name;
+    if let Some(r) = create_with {
+        let hash = template_hash(&d.spec.template, class_hash.as_deref(), collision_count);
+        let set = new_set(&d, &ns, &hash, class_hash.as_deref(), r);
+        match sets_api.create(&PostParams::default(), &set).await {
+            Ok(created) => {
+                created_new = true;
+                info!(deployment = %d.name_any(), set = %created.name_any(), replicas = r, "created new machine set");
+                publish(
+                    &ctx,
+                    &d,
+                    EventType::Normal,
+                    "ScalingMachineSet",
+                    format!(
+                        "Created new MachineSet {} with {r} replicas",
+                        created.name_any()
+                    ),
+                )
+                .await;
+                new_name = Some(created.name_any());
+                new_view = Some(SetView {
+                    name: created.name_any(),
+                    created: Some(now),
+                    replicas: r,
+                    ..SetView::default()
+                });
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                // Named like ours but not a set we would use: pick another name.
+                collision_count = Some(collision_count.unwrap_or_default() + 1);
+                warn!(deployment = %d.name_any(), set = %set.name_any(), "machine set name collision");
+            }
+            Err(e) => {
+                failure = Some((
+                    "FailedCreate".into(),
+                    format!("Creating MachineSet {} failed: {e}", set.name_any()),
+                ))
+            }
+        }
+    }
+    for (set_name, r) in &changes {
+        let patch = json!({"spec": {"replicas": r}});
+        sets_api
+            .patch(set_name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        let views = new_view.iter_mut().chain(old_views.iter_mut());
+        if let Some(v) = views.into_iter().find(|v| &v.name == set_name) {
+            let direction = if *r > v.replicas { "up" } else { "down" };
+            publish(
+                &ctx,
+                &d,
+                EventType::Normal,
+                "ScalingMachineSet",
+                format!(
+                    "Scaled {direction} MachineSet {set_name} from {} to {r}",
+                    v.replicas
+                ),
+            )
+            .await;
+            info!(deployment = %d.name_any(), set = %set_name, from = v.replicas, to = r, "scaled machine set");
+            v.replicas = *r;
+        }
+    }
+    if let Some(i) = new_index
+        && sets[i].spec.min_ready_seconds != min_ready
+    {
+        let patch = json!({"spec": {"minReadySeconds": min_ready}});
+        sets_api
+            .patch(
+                &sets[i].name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+    }
+
+    // 7. Status, and old sets beyond the history limit once complete.
+    let counts = Counts::of(new_view.as_ref(), &old_views);
+    if !d.spec.paused && counts.complete(replicas) {
+        for set_name in rollout::history_to_delete(&old_views, d.spec.revision_history_limit) {
+            match sets_api
+                .delete(&set_name, &DeleteParams::background())
+                .await
+            {
+                Ok(_) => {
+                    info!(deployment = %d.name_any(), set = %set_name, "deleted old machine set")
+                }
+                Err(e) if super::drain::is_not_found(&e) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    if failure.is_none() {
+        failure = class_problem.map(|msg| ("InvalidMachineClass".to_string(), msg));
+    }
+    if failure.is_none() {
+        failure = sets.iter().find_map(|s| {
+            let c = s
+                .status
+                .as_ref()?
+                .condition(MachineSetConditionType::ReplicaFailure)?;
+            (c.status == ConditionStatus::True).then(|| {
+                (
+                    c.reason.clone().unwrap_or_else(|| "ReplicaFailure".into()),
+                    format!(
+                        "MachineSet {}: {}",
+                        s.name_any(),
+                        c.message.clone().unwrap_or_default()
+                    ),
+                )
+            })
+        });
+    }
+    let old = d.status.clone().unwrap_or_default();
+    let (conditions, recheck) = rollout::conditions(&ConditionInputs {
+        previous: &old.conditions,
+        counts,
+        replicas,
+        max_unavailable: if strategy == MachineDeploymentStrategyType::Recreate {
+            0
+        } else {
+            max_unavailable
+        },
+        progressed: counts.progressed_since(&old) || !changes.is_empty(),
+        new_set: new_name.as_deref(),
+        created_new_set: created_new,
+        paused: d.spec.paused,
+        blocked: in_place.then_some(("InPlaceUpdateNotSupported", IN_PLACE_MESSAGE)),
+        progress_deadline_seconds: d.spec.progress_deadline_seconds,
+        failure: failure.as_ref().map(|(r, m)| (r.as_str(), m.as_str())),
+        now,
+    });
+    let mut failed_machines: Vec<MachineSummary> = sets
+        .iter()
+        .filter_map(|s| s.status.as_ref())
+        .flat_map(|s| s.failed_machines.iter().cloned())
+        .collect();
+    failed_machines.sort_by(|a, b| a.name.cmp(&b.name));
+    let status = MachineDeploymentStatus {
+        observed_generation: d.metadata.generation.unwrap_or_default(),
+        replicas: counts.replicas,
+        updated_replicas: counts.updated,
+        ready_replicas: counts.ready,
+        available_replicas: counts.available,
+        unavailable_replicas: (counts.desired - counts.available).max(0),
+        conditions,
+        collision_count,
+        failed_machines,
+    };
+    announce_transitions(&ctx, &d, &old, &status).await;
+    write_status(&d, &ctx, &old, status).await?;
+
+    let all: Vec<&Machine> = machines.iter().collect();
+    let next = [
+        Some(RESYNC),
+        recheck,
+        fleet::next_available(&all, min_ready, now).map(|d| d + Duration::from_secs(1)),
+        (create_with.is_some() && !created_new).then_some(Duration::from_secs(1)),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .unwrap_or(RESYNC);
+    ctx.reset_backoff(&uid);
+    Ok(Action::requeue(next))
+}
+
+/// Requeue policy after an error: per-object backoff.
+pub fn error_policy(d: Arc<MachineDeployment>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(deployment = %d.name_any(), error = %error, category = error.category(), "reconcile failed");
+    Action::requeue(ctx.next_backoff(&d.uid().unwrap_or_default()))
+}
+
+/// A set as the rollout sees it, from its machines.
+fn set_view(
+    s: &MachineSet,
+    machines: Option<&Vec<&Machine>>,
+    min_ready: i32,
+    now: Timestamp,
+) -> SetView {
+    let machines = machines.map(Vec::as_slice).unwrap_or_default();
+    let count = |pred: &dyn Fn(&Machine) -> bool| {
+        i32::try_from(machines.iter().filter(|m| pred(m)).count()).unwrap_or(i32::MAX)
+    };
+    SetView {
+        name: s.name_any(),
+        created: s.creation_timestamp().map(|t| t.0),
+        replicas: s.spec.replicas,
+        active: count(&fleet::is_active),
+        terminating: count(&fleet::is_terminating),
+        available: count(&|m| fleet::is_available(m, min_ready, now)),
+        ready: count(&fleet::is_ready),
+    }
+}
+
+/// A template without the hash label and with empty maps as absent, for
+/// comparing a set's template with the deployment's.
+fn template_key(template: &MachineTemplateSpec) -> MachineTemplateSpec {
+    let mut t = template.clone();
+    if let Some(labels) = t.metadata.labels.as_mut() {
+        labels.remove(MACHINE_TEMPLATE_HASH_LABEL);
+    }
+    if t.metadata.labels.as_ref().is_some_and(BTreeMap::is_empty) {
+        t.metadata.labels = None;
+    }
+    if t.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(BTreeMap::is_empty)
+    {
+        t.metadata.annotations = None;
+    }
+    t
+}
+
+/// Index of the deployment's new set: same template, made for the class as
+/// it is now (or made before class hashes were recorded). Without a valid
+/// class (`class_hash` None) the class cannot roll: the newest set with the
+/// template is the new one.
+fn find_new(
+    sets: &[MachineSet],
+    template: &MachineTemplateSpec,
+    class_hash: Option<&str>,
+) -> Option<usize> {
+    let wanted = template_key(template);
+    let mut candidates: Vec<usize> = (0..sets.len())
+        .filter(|i| template_key(&sets[*i].spec.template) == wanted)
+        .collect();
+    candidates.sort_by_key(|i| {
+        (
+            sets[*i].creation_timestamp().map(|t| t.0),
+            sets[*i].name_any(),
+        )
+    });
+    let hash_of = |i: &usize| {
+        sets[*i]
+            .annotations()
+            .get(SPEC_HASH_ANNOTATION)
+            .map(String::as_str)
+    };
+    match class_hash {
+        Some(h) => candidates
+            .iter()
+            .find(|i| hash_of(i) == Some(h))
+            .or_else(|| candidates.iter().find(|i| hash_of(i).is_none()))
+            .copied(),
+        None => candidates.last().copied(),
+    }
+}
+
+/// The `machine-template-hash` of a new set: the template, the class hash and
+/// the collision count, as 10 hex digits.
+fn template_hash(
+    template: &MachineTemplateSpec,
+    class_hash: Option<&str>,
+    collisions: Option<i32>,
+) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(serde_json::to_vec(&template_key(template)).unwrap_or_default());
+    hasher.update(b"\0");
+    hasher.update(class_hash.unwrap_or_default().as_bytes());
+    hasher.update(b"\0");
+    hasher.update(collisions.unwrap_or_default().to_le_bytes());
+    hasher
+        .finalize()
+        .iter()
+        .take(5)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The new MachineSet of `d`: named and labelled with the template hash, the
+/// class hash recorded, owned by `d`.
+fn new_set(
+    d: &MachineDeployment,
+    ns: &str,
+    hash: &str,
+    class_hash: Option<&str>,
+    replicas: i32,
+) -> MachineSet {
+    let mut template = d.spec.template.clone();
+    template
+        .metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(MACHINE_TEMPLATE_HASH_LABEL.into(), hash.into());
+    let mut selector = d.spec.selector.clone().unwrap_or_default();
+    selector
+        .match_labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(MACHINE_TEMPLATE_HASH_LABEL.into(), hash.into());
+    MachineSet {
+        metadata: ObjectMeta {
+            name: Some(format!("{}-{hash}", d.name_any())),
+            namespace: Some(ns.to_string()),
+            labels: template.metadata.labels.clone(),
+            annotations: class_hash
+                .map(|h| BTreeMap::from([(SPEC_HASH_ANNOTATION.to_string(), h.to_string())])),
+            owner_references: Some(vec![ownership::controller_ref(d)]),
+            ..ObjectMeta::default()
+        },
+        spec: MachineSetSpec {
+            replicas,
+            selector: Some(selector),
+            machine_class: None,
+            template,
+            min_ready_seconds: d.spec.min_ready_seconds,
+            auto_preserve_failed_machine_max: d.spec.auto_preserve_failed_machine_max,
+        },
+        status: None,
+    }
+}
+
+/// Reports a deployment that cannot be reconciled as it is and waits for a
+/// change.
+async fn invalid(d: &MachineDeployment, ctx: &Context, msg: &str) -> Result<Action> {
+    let old = d.status.clone().unwrap_or_default();
+    let mut status = old.clone();
+    let previous = old.condition(MachineDeploymentConditionType::ReplicaFailure);
+    if previous.and_then(|c| c.message.as_deref()) != Some(msg) {
+        status
+            .conditions
+            .retain(|c| c.type_ != MachineDeploymentConditionType::ReplicaFailure);
+        status
+            .conditions
+            .push(crate::api::machine_deployment::MachineDeploymentCondition {
+                type_: MachineDeploymentConditionType::ReplicaFailure,
+                status: ConditionStatus::True,
+                last_update_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    Timestamp::now(),
+                )),
+                last_transition_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    Timestamp::now(),
+                )),
+                reason: Some("InvalidSpec".into()),
+                message: Some(msg.to_string()),
+            });
+        publish(ctx, d, EventType::Warning, "InvalidSpec", msg.to_string()).await;
+    }
+    status.observed_generation = d.metadata.generation.unwrap_or_default();
+    write_status(d, ctx, &old, status).await?;
+    Ok(Action::await_change())
+}
+
+/// Warning Events when the deployment enters a state that needs a human.
+async fn announce_transitions(
+    ctx: &Context,
+    d: &MachineDeployment,
+    old: &MachineDeploymentStatus,
+    new: &MachineDeploymentStatus,
+) {
+    for c in &new.conditions {
+        let before = old.conditions.iter().find(|o| o.type_ == c.type_);
+        if before.map(|b| (&b.status, &b.reason)) == Some((&c.status, &c.reason)) {
+            continue;
+        }
+        let warn = matches!(
+            (c.type_, c.status),
+            (
+                MachineDeploymentConditionType::Progressing,
+                ConditionStatus::False
+            ) | (
+                MachineDeploymentConditionType::ReplicaFailure,
+                ConditionStatus::True
+            )
+        );
+        if warn {
+            let reason = c.reason.clone().unwrap_or_default();
+            publish(
+                ctx,
+                d,
+                EventType::Warning,
+                &reason,
+                c.message.clone().unwrap_or_default(),
+            )
+            .await;
+        }
+    }
+}
+
+async fn write_status(
+    d: &MachineDeployment,
+    ctx: &Context,
+    old: &MachineDeploymentStatus,
+    new: MachineDeploymentStatus,
+) -> Result<()> {
+    if d.status.is_some() && *old == new {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": crate::api::API_VERSION,
+        "kind": "MachineDeployment",
+        "status": new,
+    });
+    Api::<MachineDeployment>::namespaced(ctx.client.clone(), &d.namespace().unwrap_or_default())
+        .patch_status(
+            &d.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    Ok(())
+}
+
+async fn publish(
+    ctx: &Context,
+    d: &MachineDeployment,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = KubeEvent {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Rollout".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &d.object_ref(&())).await {
+        warn!(deployment = %d.name_any(), error = %e, "could not publish event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::machine_deployment::MachineDeploymentSpec;
+    use crate::api::shared::ClassSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+
+    fn deployment() -> MachineDeployment {
+        let labels = BTreeMap::from([("pool".to_string(), "a".to_string())]);
+        let mut d = MachineDeployment::new(
+            "web",
+            MachineDeploymentSpec {
+                replicas: 3,
+                selector: Some(LabelSelector {
+                    match_labels: Some(labels.clone()),
+                    ..LabelSelector::default()
+                }),
+                template: MachineTemplateSpec {
+                    metadata: ObjectMeta {
+                        labels: Some(labels),
+                        ..ObjectMeta::default()
+                    },
+                    spec: crate::api::machine::MachineSpec {
+                        class: ClassSpec::machine_class("c"),
+                        ..Default::default()
+                    },
+                },
+                min_ready_seconds: 5,
+                ..Default::default()
+            },
+        );
+        d.metadata.uid = Some("d-uid".into());
+        d
+    }
+
+    fn created(mut s: MachineSet, secs: i64) -> MachineSet {
+        s.metadata.creation_timestamp =
+            Some(Time(Timestamp::from_second(1_700_000_000 + secs).unwrap()));
+        s
+    }
+
+    #[test]
+    fn new_sets_carry_the_hash_everywhere_and_are_owned() {
+        let d = deployment();
+        let s = new_set(&d, "ns", "abc", Some("h1"), 2);
+        assert_eq!(s.name_any(), "web-abc");
+        assert_eq!(s.labels()[MACHINE_TEMPLATE_HASH_LABEL], "abc");
+        assert_eq!(
+            s.spec
+                .selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .as_ref()
+                .unwrap()[MACHINE_TEMPLATE_HASH_LABEL],
+            "abc"
+        );
+        assert_eq!(
+            s.spec.template.metadata.labels.as_ref().unwrap()[MACHINE_TEMPLATE_HASH_LABEL],
+            "abc"
+        );
+        assert_eq!(s.annotations()[SPEC_HASH_ANNOTATION], "h1");
+        assert_eq!(ownership::controller_uid(&s.metadata), Some("d-uid"));
+        assert_eq!((s.spec.replicas, s.spec.min_ready_seconds), (2, 5));
+    }
+
+    #[test]
+    fn the_new_set_matches_template_and_class() {
+        let d = deployment();
+        let h1 = created(new_set(&d, "ns", "aaa", Some("h1"), 3), 1);
+        let h2 = created(new_set(&d, "ns", "bbb", Some("h2"), 0), 2);
+        let sets = vec![h1.clone(), h2];
+        assert_eq!(find_new(&sets, &d.spec.template, Some("h1")), Some(0));
+        assert_eq!(find_new(&sets, &d.spec.template, Some("h2")), Some(1));
+        assert_eq!(
+            find_new(&sets, &d.spec.template, Some("h3")),
+            None,
+            "class edited: roll"
+        );
+        assert_eq!(
+            find_new(&sets, &d.spec.template, None),
+            Some(1),
+            "invalid class: no roll"
+        );
+
+        // A set from before class hashes adopts the class as it is.
+        let mut legacy = h1;
+        legacy.metadata.annotations = None;
+        assert_eq!(find_new(&[legacy], &d.spec.template, Some("h9")), Some(0));
+
+        // Another template: no match.
+        let mut other = d.spec.template.clone();
+        other.spec.configuration.max_evict_retries = Some(3);
+        assert_eq!(find_new(&sets, &other, Some("h1")), None);
+    }
+
+    #[test]
+    fn template_hash_depends_on_template_class_and_collisions() {
+        let t = deployment().spec.template;
+        let base = template_hash(&t, Some("h1"), None);
+        assert_eq!(base.len(), 10);
+        assert_eq!(base, template_hash(&t, Some("h1"), None));
+        assert_ne!(base, template_hash(&t, Some("h2"), None));
+        assert_ne!(base, template_hash(&t, Some("h1"), Some(1)));
+        // The hash label itself does not count.
+        let with_label = new_set(&deployment(), "ns", &base, Some("h1"), 1)
+            .spec
+            .template;
+        assert_eq!(base, template_hash(&with_label, Some("h1"), None));
+    }
+}

@@ -1,0 +1,440 @@
+//! The MachineSet reconciler: keeps `spec.replicas` healthy Machines made
+//! from `spec.template`.
+//!
+//! list (consistent read) → claim (adopt orphans matching the selector,
+//! release machines that stopped matching) → plan (pure, [`fleet::plan_set`]:
+//! replace Failed machines, scale up or down in MCM's order, replace drifted
+//! machines when asked) → delete, create in slow-start batches → status.
+//!
+//! Machines are owned through a controller ownerReference: deleting a set
+//! lets the garbage collector delete its machines, whose own finalizer then
+//! terminates their instances. Machines are listed from the API server rather
+//! than a cache, so that a pass never acts on a view that misses the machines
+//! the previous pass created.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::{self, join_all};
+use futures::{Future, StreamExt, TryFuture};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::core::SelectorExt;
+use kube::runtime::controller::{self, Action};
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::reflector::Store;
+use kube::runtime::{Controller, watcher};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::context::{Context, MANAGER};
+use super::drift::REPLACE_ON_DRIFT_ANNOTATION;
+use super::error::{Error, Result};
+use super::fleet::{self, plan_set, slow_start_batches};
+use super::machine::FINALIZER;
+use super::ownership::{self, Claim};
+use crate::api::machine::Machine;
+use crate::api::machine_deployment::MachineDeployment;
+use crate::api::machine_set::{MachineSet, MachineSetConditionType, MachineSetStatus};
+use crate::api::shared::ConditionStatus;
+
+/// Re-check every set this often even without events.
+const RESYNC: Duration = Duration::from_secs(600);
+
+/// The MachineSet controller, woken by changes of its sets and of the
+/// machines they own, running `reconcile` ([`reconcile`], possibly wrapped,
+/// e.g. for metrics), and the store of its sets (for other controllers'
+/// mappings). Runs until SIGTERM/SIGINT.
+pub fn controller<R, Fut>(
+    client: &Client,
+    namespace: Option<&str>,
+    ctx: Arc<Context>,
+    reconcile: R,
+) -> (impl Future<Output = ()> + use<R, Fut>, Store<MachineSet>)
+where
+    R: FnMut(Arc<MachineSet>, Arc<Context>) -> Fut,
+    Fut: TryFuture<Ok = Action, Error = Error> + Send + 'static,
+{
+    let wc = watcher::Config::default();
+    let ctl = Controller::new(super::api::<MachineSet>(client, namespace), wc.clone());
+    let store = ctl.store();
+    let concurrency = ctx.config.concurrency;
+    let run = ctl
+        .with_config(controller::Config::default().concurrency(concurrency))
+        .owns(super::api::<Machine>(client, namespace), wc)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| future::ready(()));
+    (run, store)
+}
+
+/// Reconciles one MachineSet; see the module docs.
+pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action> {
+    if set.metadata.deletion_timestamp.is_some() {
+        // The garbage collector deletes the machines.
+        return Ok(Action::await_change());
+    }
+    let ns = set
+        .namespace()
+        .ok_or_else(|| Error::Invalid("MachineSet has no namespace".into()))?;
+    let uid = set.uid().unwrap_or_default();
+    let now = Timestamp::now();
+    let template_labels = set
+        .spec
+        .template
+        .metadata
+        .labels
+        .clone()
+        .unwrap_or_default();
+
+    let selector = match ownership::selector(set.spec.selector.as_ref()) {
+        Ok(s) if ownership::template_matches(&s, Some(&template_labels)) => s,
+        Ok(_) => {
+            let msg = "spec.template.metadata.labels do not match spec.selector";
+            return invalid(&set, &ctx, msg).await;
+        }
+        Err(msg) => return invalid(&set, &ctx, &msg).await,
+    };
+
+    // Claim: machines under the selector that are ours or free; release ours
+    // whose labels no longer match.
+    let api = Api::<Machine>::namespaced(ctx.client.clone(), &ns);
+    let listed = api
+        .list(&ListParams::default().labels(&selector.to_string()))
+        .await?;
+    let mut owned: Vec<Machine> = Vec::new();
+    for m in listed.items {
+        match ownership::claim(&uid, &m.metadata) {
+            Claim::Owned => owned.push(m),
+            Claim::Adopt => {
+                match ownership::adopt(&api, &m, ownership::controller_ref(set.as_ref())).await {
+                    Ok(()) => {
+                        info!(set = %set.name_any(), machine = %m.name_any(), "adopted machine");
+                        owned.push(m);
+                    }
+                    Err(e) => warn!(machine = %m.name_any(), error = %e, "could not adopt machine"),
+                }
+            }
+            Claim::Ignore => {}
+        }
+    }
+    for stray in ctx.machines.state().iter().filter(|m| {
+        m.namespace().as_deref() == Some(ns.as_str())
+            && ownership::controller_uid(&m.metadata) == Some(uid.as_str())
+            && !selector.matches(m.labels())
+    }) {
+        ownership::release(&api, stray, &uid).await?;
+        info!(set = %set.name_any(), machine = %stray.name_any(), "released machine that no longer matches the selector");
+    }
+
+    let refs: Vec<&Machine> = owned.iter().collect();
+    let mut plan = plan_set(
+        set.spec.replicas,
+        &refs,
+        replaces_drifted(&set),
+        set.spec.min_ready_seconds,
+        now,
+    );
+    if is_frozen(&set) {
+        plan.create = 0;
+    }
+
+    let mut failure: Option<(&str, String)> = None;
+    if !plan.delete.is_empty() {
+        let results = join_all(plan.delete.iter().map(|name| {
+            let api = api.clone();
+            async move { (name, api.delete(name, &DeleteParams::background()).await) }
+        }))
+        .await;
+        for (name, result) in results {
+            match result {
+                Ok(_) => {
+                    publish(
+                        &ctx,
+                        &set,
+                        EventType::Normal,
+                        "SuccessfulDelete",
+                        "Delete",
+                        format!("Deleted machine: {name}"),
+                    )
+                    .await;
+                }
+                Err(e) if super::drain::is_not_found(&e) => {}
+                Err(e) => {
+                    warn!(set = %set.name_any(), machine = %name, error = %e, "delete failed");
+                    failure = Some((
+                        "FailedDelete",
+                        format!("Deleting machine {name} failed: {e}"),
+                    ));
+                }
+            }
+        }
+    }
+    if plan.create > 0 {
+        info!(set = %set.name_any(), count = plan.create, replicas = set.spec.replicas, "creating machines");
+        'batches: for batch in slow_start_batches(plan.create) {
+            let results = join_all((0..batch).map(|_| {
+                let api = api.clone();
+                let machine = machine_from_template(&set, &ns);
+                async move { api.create(&PostParams::default(), &machine).await }
+            }))
+            .await;
+            let mut failed = false;
+            for result in results {
+                match result {
+                    Ok(m) => {
+                        publish(
+                            &ctx,
+                            &set,
+                            EventType::Normal,
+                            "SuccessfulCreate",
+                            "Create",
+                            format!("Created machine: {}", m.name_any()),
+                        )
+                        .await;
+                    }
+                    Err(e) => {
+                        warn!(set = %set.name_any(), error = %e, "create failed");
+                        failure = Some(("FailedCreate", format!("Creating a machine failed: {e}")));
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                break 'batches;
+            }
+        }
+    }
+    if let Some((reason, message)) = &failure {
+        publish(
+            &ctx,
+            &set,
+            EventType::Warning,
+            reason,
+            "Reconcile",
+            message.clone(),
+        )
+        .await;
+    }
+
+    let old = set.status.clone().unwrap_or_default();
+    let status = fleet::set_status(
+        &old,
+        set.metadata.generation,
+        &template_labels,
+        &refs,
+        set.spec.min_ready_seconds,
+        failure.as_ref().map(|(r, m)| (*r, m.as_str())),
+        now,
+    );
+    write_status(&set, &ctx, &old, status).await?;
+
+    let next = if failure.is_some() {
+        ctx.next_backoff(&uid)
+    } else {
+        ctx.reset_backoff(&uid);
+        fleet::next_available(&refs, set.spec.min_ready_seconds, now)
+            .map_or(RESYNC, |d| d + Duration::from_secs(1))
+    };
+    Ok(Action::requeue(next))
+}
+
+/// Requeue policy after an error: per-object backoff.
+pub fn error_policy(set: Arc<MachineSet>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(set = %set.name_any(), error = %error, category = error.category(), "reconcile failed");
+    Action::requeue(ctx.next_backoff(&set.uid().unwrap_or_default()))
+}
+
+/// Drifted machines of this set are replaced: it is annotated so and no
+/// MachineDeployment owns it (a deployment rolls its machines itself).
+fn replaces_drifted(set: &MachineSet) -> bool {
+    let owned_by_deployment = ownership::controller_of(&set.metadata)
+        .is_some_and(|o| o.kind == MachineDeployment::kind(&()));
+    !owned_by_deployment
+        && set
+            .annotations()
+            .get(REPLACE_ON_DRIFT_ANNOTATION)
+            .map(String::as_str)
+            == Some("true")
+}
+
+/// MCM's safety controller freezes sets (label `freeze=True` or condition
+/// `Frozen`): no new machines for them until it thaws.
+fn is_frozen(set: &MachineSet) -> bool {
+    set.labels().get("freeze").map(String::as_str) == Some("True")
+        || set
+            .status
+            .as_ref()
+            .and_then(|s| s.condition(MachineSetConditionType::Frozen))
+            .is_some_and(|c| c.status == ConditionStatus::True)
+}
+
+/// A new Machine of `set`: the template's labels, annotations and spec, the
+/// controller reference and the lifecycle finalizer (set at creation, so the
+/// machine reconciler saves a write).
+fn machine_from_template(set: &MachineSet, ns: &str) -> Machine {
+    let template = &set.spec.template;
+    let mut spec = template.spec.clone();
+    spec.provider_id = None;
+    Machine {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}-", set.name_any())),
+            namespace: Some(ns.to_string()),
+            labels: template.metadata.labels.clone(),
+            annotations: template.metadata.annotations.clone(),
+            owner_references: Some(vec![ownership::controller_ref(set)]),
+            finalizers: Some(vec![FINALIZER.to_string()]),
+            ..ObjectMeta::default()
+        },
+        spec,
+        status: None,
+    }
+}
+
+/// Reports a set that cannot be reconciled as it is and waits for a change.
+async fn invalid(set: &MachineSet, ctx: &Context, msg: &str) -> Result<Action> {
+    let old = set.status.clone().unwrap_or_default();
+    let reported = fleet::set_status(
+        &old,
+        set.metadata.generation,
+        &Default::default(),
+        &[],
+        0,
+        Some(("InvalidSpec", msg)),
+        Timestamp::now(),
+    );
+    let status = MachineSetStatus {
+        conditions: reported.conditions,
+        observed_generation: reported.observed_generation,
+        ..old.clone()
+    };
+    let changed = old
+        .condition(MachineSetConditionType::ReplicaFailure)
+        .and_then(|c| c.message.as_deref())
+        != Some(msg);
+    write_status(set, ctx, &old, status).await?;
+    if changed {
+        publish(
+            ctx,
+            set,
+            EventType::Warning,
+            "InvalidSpec",
+            "Reconcile",
+            msg.to_string(),
+        )
+        .await;
+    }
+    Ok(Action::await_change())
+}
+
+async fn write_status(
+    set: &MachineSet,
+    ctx: &Context,
+    old: &MachineSetStatus,
+    new: MachineSetStatus,
+) -> Result<()> {
+    if set.status.is_some() && *old == new {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": crate::api::API_VERSION,
+        "kind": "MachineSet",
+        "status": new,
+    });
+    Api::<MachineSet>::namespaced(ctx.client.clone(), &set.namespace().unwrap_or_default())
+        .patch_status(
+            &set.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    Ok(())
+}
+
+async fn publish(
+    ctx: &Context,
+    set: &MachineSet,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = KubeEvent {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &set.object_ref(&())).await {
+        warn!(set = %set.name_any(), error = %e, "could not publish event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::machine_set::MachineSetSpec;
+    use crate::api::shared::{ClassSpec, MachineTemplateSpec};
+    use std::collections::BTreeMap;
+
+    fn set() -> MachineSet {
+        let mut s = MachineSet::new(
+            "pool",
+            MachineSetSpec {
+                replicas: 2,
+                template: MachineTemplateSpec {
+                    metadata: ObjectMeta {
+                        labels: Some(BTreeMap::from([("pool".into(), "a".into())])),
+                        ..ObjectMeta::default()
+                    },
+                    spec: crate::api::machine::MachineSpec {
+                        class: ClassSpec::machine_class("c"),
+                        provider_id: Some("aws:///x/i-1".into()),
+                        ..Default::default()
+                    },
+                },
+                ..Default::default()
+            },
+        );
+        s.metadata.uid = Some("set-uid".into());
+        s
+    }
+
+    #[test]
+    fn machines_are_stamped_from_the_template_and_owned() {
+        let m = machine_from_template(&set(), "ns");
+        assert_eq!(m.metadata.generate_name.as_deref(), Some("pool-"));
+        assert_eq!(m.labels()["pool"], "a");
+        assert_eq!(m.spec.class.name, "c");
+        assert_eq!(m.spec.provider_id, None, "never copied");
+        assert_eq!(ownership::controller_uid(&m.metadata), Some("set-uid"));
+        assert_eq!(m.finalizers(), [FINALIZER]);
+    }
+
+    #[test]
+    fn drift_replacement_is_opt_in_and_never_for_deployment_sets() {
+        let mut s = set();
+        assert!(!replaces_drifted(&s));
+        s.metadata.annotations = Some(BTreeMap::from([(
+            REPLACE_ON_DRIFT_ANNOTATION.into(),
+            "true".into(),
+        )]));
+        assert!(replaces_drifted(&s));
+        let mut d = MachineDeployment::new("d", Default::default());
+        d.metadata.uid = Some("d-uid".into());
+        s.metadata.owner_references = Some(vec![ownership::controller_ref(&d)]);
+        assert!(!replaces_drifted(&s));
+    }
+
+    #[test]
+    fn frozen_sets_are_recognised() {
+        let mut s = set();
+        assert!(!is_frozen(&s));
+        s.metadata.labels = Some(BTreeMap::from([("freeze".into(), "True".into())]));
+        assert!(is_frozen(&s));
+    }
+}
