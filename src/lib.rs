@@ -6,6 +6,13 @@
 //!   schema cannot express.
 //! - [`aws`]: EC2 clients, request building, error classes, rate limiting.
 //! - [`controller`]: the reconcilers.
+//! - [`admin`], [`health`], [`metrics`]: `/metrics`, `/livez`, `/readyz`.
+//! - [`leader`]: leader election on a Lease; [`shutdown`]: the SIGTERM signal.
+pub mod admin;
 pub mod api;
 pub mod aws;
 pub mod controller;
+pub mod health;
+pub mod leader;
+pub mod metrics;
+pub mod shutdown;

@@ -6,17 +6,31 @@
 //! Nodes live, from `--target-kubeconfig` (default: the control cluster). AWS
 //! endpoints follow the SDK's standard variables (`AWS_ENDPOINT_URL_EC2`,
 //! `AWS_ENDPOINT_URL`, `AWS_REGION`).
+//!
+//! Start-up order: bind the metrics and health listeners, connect, join the
+//! leader election (when enabled) and wait for the Lease, then run the
+//! controllers. SIGTERM stops the controllers (reconciles in flight
+//! finish), releases the Lease and stops the listeners. Losing the Lease
+//! exits at once with an error, so the Pod restarts as a standby.
 
+use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::Reporter;
 use kube::{Client, Config};
+use mcm_provider_aws::admin::{Endpoints, parse_bind_address};
 use mcm_provider_aws::controller::{self, ControllerConfig};
-use tracing::error;
+use mcm_provider_aws::health::{CACHES, Check, EC2_CREDENTIALS, Health, LEADER_ELECTION};
+use mcm_provider_aws::leader::{Election, LeaderElectionConfig, default_identity};
+use mcm_provider_aws::metrics::Metrics;
+use mcm_provider_aws::shutdown::Shutdown;
+use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -73,6 +87,57 @@ struct Cli {
     /// Log format.
     #[arg(long, env = "MCM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+
+    /// Log level or filter (`info`, `debug`, `info,mcm_provider_aws=debug`);
+    /// `RUST_LOG`, when set, wins.
+    #[arg(long, env = "MCM_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+
+    /// Where `/metrics` is served: `host:port`, `:port`, or `0` to disable.
+    #[arg(long, env = "MCM_METRICS_BIND_ADDRESS", default_value = ":8080", value_parser = bind_address)]
+    metrics_bind_address: BindAddress,
+
+    /// Where `/livez` and `/readyz` are served: `host:port`, `:port`, or `0`
+    /// to disable. The same address as the metrics serves all three.
+    #[arg(long, env = "MCM_HEALTH_BIND_ADDRESS", default_value = ":8081", value_parser = bind_address)]
+    health_bind_address: BindAddress,
+
+    /// Elect a leader among replicas through a Lease before reconciling.
+    /// Required whenever more than one replica runs.
+    #[arg(long, env = "MCM_LEADER_ELECT")]
+    leader_elect: bool,
+
+    /// Namespace of the leader election Lease (default: the namespace the
+    /// operator runs in: POD_NAMESPACE, the in-cluster namespace, or the
+    /// kubeconfig context's).
+    #[arg(long, env = "MCM_LEADER_ELECTION_NAMESPACE")]
+    leader_election_namespace: Option<String>,
+
+    /// Name of the leader election Lease.
+    #[arg(
+        long,
+        env = "MCM_LEADER_ELECTION_ID",
+        default_value = "mcm-provider-aws"
+    )]
+    leader_election_id: String,
+
+    /// How long the Lease stays valid without renewal; a standby takes over
+    /// at most this long after the leader died.
+    #[arg(long, env = "MCM_LEADER_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = duration)]
+    leader_election_lease_duration: Duration,
+
+    /// The leader renews the Lease when this much of the lease duration has
+    /// passed; a leader that cannot renew stops before the Lease expires.
+    #[arg(long, env = "MCM_LEADER_ELECTION_RENEW_DEADLINE", default_value = "10s", value_parser = duration)]
+    leader_election_renew_deadline: Duration,
+}
+
+/// A listen address, or `None` when disabled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct BindAddress(Option<SocketAddr>);
+
+fn bind_address(s: &str) -> Result<BindAddress, String> {
+    parse_bind_address(s).map(BindAddress)
 }
 
 /// Parses Go-style durations (`30s`, `20m`, `2h`, `1h30m`).
@@ -88,17 +153,22 @@ fn duration(s: &str) -> Result<Duration, String> {
         })
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
 }
 
-async fn client_for(kubeconfig: Option<&PathBuf>) -> Result<Client, String> {
-    let config = match kubeconfig {
+/// A client for `kubeconfig` (default: the usual resolution). With
+/// `retry_throttled`, kube's client retries 429/503/504 answers itself (for
+/// minutes, with backoff).
+async fn client_for(kubeconfig: Option<&PathBuf>, retry_throttled: bool) -> Result<Client, String> {
+    let mut config = match kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path)
                 .map_err(|e| format!("reading {}: {e}", path.display()))?;
@@ -110,33 +180,68 @@ async fn client_for(kubeconfig: Option<&PathBuf>) -> Result<Client, String> {
             .await
             .map_err(|e| format!("no Kubernetes configuration: {e}"))?,
     };
+    config.default_retry = retry_throttled;
     Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    init_logging(cli.log_format, &cli.log_level);
     // kube and the AWS SDK share rustls; pick its crypto provider once.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-
-    let control = match client_for(None).await {
-        Ok(c) => c,
+    match operate(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
-    let target = match cli.target_kubeconfig.as_ref() {
-        Some(path) => match client_for(Some(path)).await {
-            Ok(c) => c,
-            Err(e) => {
-                error!("target cluster: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-        None => control.clone(),
-    };
+    }
+}
+
+async fn operate(cli: Cli) -> Result<(), String> {
+    let shutdown = Shutdown::on_signals();
+    let metrics = Arc::new(Metrics::new());
+    let health = Health::new();
+    let endpoints = Endpoints::bind(
+        cli.metrics_bind_address.0,
+        cli.health_bind_address.0,
+        Arc::clone(&metrics),
+        health.clone(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let server = tokio::spawn(endpoints.serve(shutdown.clone()));
+
+    let result = reconcile(cli, &shutdown, metrics, health).await;
+    // Whatever ended the run, the listeners stop with it.
+    shutdown.trigger();
+    if tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .is_err()
+    {
+        error!("HTTP listeners did not stop within 5s");
+    }
+    result
+}
+
+/// Connects, waits for the Lease (when electing) and runs the controllers
+/// until shutdown.
+async fn reconcile(
+    cli: Cli,
+    shutdown: &Shutdown,
+    metrics: Arc<Metrics>,
+    health: Health,
+) -> Result<(), String> {
+    let control = client_for(None, true).await?;
+    // The target cluster's client (Nodes, Pods, drains) must not retry 429:
+    // an eviction refused by a PodDisruptionBudget answers 429, and the
+    // drain has to see that at once (to report it, and to force the drain
+    // after the drain timeout) rather than wait minutes in kube's retries.
+    // Its callers retry on their own schedule.
+    let target = client_for(cli.target_kubeconfig.as_ref(), false)
+        .await
+        .map_err(|e| format!("target cluster: {e}"))?;
     let config = ControllerConfig {
         namespace: cli.namespace,
         creation_timeout: cli.machine_creation_timeout,
@@ -152,8 +257,73 @@ async fn main() -> ExitCode {
         controller: "mcm-provider-aws".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
-    controller::run(control, target, config, reporter).await;
-    ExitCode::SUCCESS
+    let run = |metrics: Arc<Metrics>, health: Health| {
+        controller::run(control.clone(), target, config, reporter, metrics, health)
+    };
+
+    if !cli.leader_elect {
+        health.set(
+            LEADER_ELECTION,
+            Check::Passed("leader election disabled: this replica reconciles".into()),
+        );
+        metrics.set_leader(true);
+        run(metrics, health).await;
+        return Ok(());
+    }
+
+    let election_config = LeaderElectionConfig {
+        namespace: cli
+            .leader_election_namespace
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| control.default_namespace().to_string()),
+        name: cli.leader_election_id,
+        identity: default_identity(),
+        lease_duration: cli.leader_election_lease_duration,
+        renew_deadline: cli.leader_election_renew_deadline,
+    };
+    election_config.validate()?;
+    let lease = format!("{}/{}", election_config.namespace, election_config.name);
+    // A standby is ready: it serves metrics and can take over at any time.
+    let standby = format!("standby: waits for Lease {lease}");
+    health.set(LEADER_ELECTION, Check::Passed(standby.clone()));
+    for check in [CACHES, EC2_CREDENTIALS] {
+        health.set(
+            check,
+            Check::Passed(format!("{standby}; checked once leading")),
+        );
+    }
+    metrics.set_leader(false);
+    let Some(mut election) = Election::join(control.clone(), election_config, shutdown).await
+    else {
+        return Ok(());
+    };
+    if !election.leading(shutdown).await {
+        election.release().await;
+        return Ok(());
+    }
+    info!(identity = election.identity(), lease = %lease, "leading: starting the controllers");
+    health.set(
+        LEADER_ELECTION,
+        Check::Passed(format!(
+            "leading as {} (Lease {lease})",
+            election.identity()
+        )),
+    );
+    for check in [CACHES, EC2_CREDENTIALS] {
+        health.set(check, Check::Pending("leading: not checked yet".into()));
+    }
+    metrics.set_leader(true);
+    tokio::select! {
+        _ = run(Arc::clone(&metrics), health) => {
+            metrics.set_leader(false);
+            election.release().await;
+            Ok(())
+        }
+        why = election.lost() => {
+            metrics.set_leader(false);
+            Err(format!("leader election lost, exiting so that only the new leader acts: {why}"))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -176,5 +346,34 @@ mod tests {
         assert_eq!(cli.machine_drain_timeout, Duration::from_secs(7200));
         assert_eq!(cli.orphan_collection_interval, Duration::from_secs(900));
         assert_eq!(cli.node_conditions.len(), 4);
+        assert_eq!(
+            cli.metrics_bind_address,
+            BindAddress(Some("0.0.0.0:8080".parse().unwrap()))
+        );
+        assert_eq!(
+            cli.health_bind_address,
+            BindAddress(Some("0.0.0.0:8081".parse().unwrap()))
+        );
+        assert!(!cli.leader_elect);
+        assert_eq!(cli.leader_election_lease_duration, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn endpoints_can_be_disabled_or_put_on_a_free_port() {
+        let cli = Cli::parse_from([
+            "machine-controller",
+            "--metrics-bind-address=0",
+            "--health-bind-address=127.0.0.1:0",
+            "--leader-elect",
+        ]);
+        assert_eq!(cli.metrics_bind_address, BindAddress(None));
+        assert_eq!(
+            cli.health_bind_address,
+            BindAddress(Some("127.0.0.1:0".parse().unwrap()))
+        );
+        assert!(cli.leader_elect);
+        assert!(
+            Cli::try_parse_from(["machine-controller", "--metrics-bind-address=8080"]).is_err()
+        );
     }
 }

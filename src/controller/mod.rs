@@ -14,7 +14,10 @@ pub mod machine_set;
 pub mod orphans;
 pub mod ownership;
 pub mod phase;
+pub mod readiness;
 pub mod rollout;
+
+use std::sync::Arc;
 
 use futures::{StreamExt, future};
 use k8s_openapi::api::core::v1::Node;
@@ -32,6 +35,8 @@ use crate::api::machine::{Machine, NODE_LABEL};
 use crate::api::machine_class::MachineClass;
 use crate::aws::clients::Ec2Clients;
 use crate::aws::instances::instance_id_from_provider_id;
+use crate::health::Health;
+use crate::metrics::Metrics;
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
@@ -69,8 +74,17 @@ fn machines_of_node(store: &Store<Machine>, node: &Node) -> Vec<ObjectRef<Machin
         .collect()
 }
 
-/// Runs every controller until SIGTERM/SIGINT.
-pub async fn run(client: Client, target: Client, config: ControllerConfig, reporter: Reporter) {
+/// Runs every controller until SIGTERM/SIGINT, recording reconciles in
+/// `metrics` and settling the `caches` and `ec2-credentials` checks of
+/// `health`.
+pub async fn run(
+    client: Client,
+    target: Client,
+    config: ControllerConfig,
+    reporter: Reporter,
+    metrics: Arc<Metrics>,
+    health: Health,
+) {
     let ns = config.namespace.clone();
     let wc = watcher::Config::default();
 
@@ -94,6 +108,8 @@ pub async fn run(client: Client, target: Client, config: ControllerConfig, repor
         machine_store.clone(),
         reporter,
     );
+    metrics.observe_ec2(ctx.ec2.stats());
+    metrics.observe_machines(machine_store.clone());
 
     let store_for_nodes = machine_store.clone();
     let node_triggers = node_events
@@ -117,36 +133,51 @@ pub async fn run(client: Client, target: Client, config: ControllerConfig, repor
         )
         .reconcile_on(node_triggers)
         .shutdown_on_signal()
-        .run(machine::reconcile, machine::error_policy, ctx.clone())
+        .run(
+            metrics.instrument("machine", machine::reconcile),
+            machine::error_policy,
+            ctx.clone(),
+        )
         .for_each(|_| future::ready(()));
 
-    let classes = Controller::new(api::<MachineClass>(&client, ns.as_deref()), wc.clone())
+    let class_ctl = Controller::new(api::<MachineClass>(&client, ns.as_deref()), wc.clone());
+    let class_store = class_ctl.store();
+    let classes = class_ctl
         .watches(api::<Machine>(&client, ns.as_deref()), wc, |m| {
             let ns = m.namespace().unwrap_or_default();
             Some(ObjectRef::<MachineClass>::new(&m.spec.class.name).within(&ns))
         })
         .shutdown_on_signal()
-        .run(class::reconcile, class::error_policy, ctx.clone())
+        .run(
+            metrics.instrument("machineclass", class::reconcile),
+            class::error_policy,
+            ctx.clone(),
+        )
         .for_each(|_| future::ready(()));
 
-    let (sets, set_store) =
-        machine_set::controller(&client, ns.as_deref(), ctx.clone(), machine_set::reconcile);
+    let (sets, set_store) = machine_set::controller(
+        &client,
+        ns.as_deref(),
+        ctx.clone(),
+        metrics.instrument("machineset", machine_set::reconcile),
+    );
     let deployments = machine_deployment::controller(
         &client,
         ns.as_deref(),
         ctx.clone(),
-        machine_deployment::reconcile,
+        metrics.instrument("machinedeployment", machine_deployment::reconcile),
         set_store,
     );
 
     let orphans = orphans::run(ctx.clone());
+    let readiness = readiness::run(ctx.clone(), class_store, health);
     info!(
         namespace = ns.as_deref().unwrap_or("<all>"),
         "controllers started"
     );
     tokio::select! {
         _ = future::join4(machines, classes, sets, deployments) => {}
-        _ = orphans => {}
+        _ = future::join(orphans, readiness) => {}
     }
     info!("controllers stopped");
 }

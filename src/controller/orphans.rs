@@ -126,7 +126,10 @@ pub async fn collect_once(ctx: &Context) -> Result<usize> {
 }
 
 /// The credentials of a class, or `None` when its Secrets are unreadable.
-async fn class_credentials(ctx: &Context, class: &MachineClass) -> Option<CredentialSource> {
+pub(crate) async fn class_credentials(
+    ctx: &Context,
+    class: &MachineClass,
+) -> Option<CredentialSource> {
     let ns = class.namespace().unwrap_or_default();
     let mut secrets = Vec::new();
     for r in [

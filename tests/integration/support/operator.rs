@@ -6,11 +6,18 @@
 //! The process dies with the `Operator` value; on Linux it is also started
 //! under `setpriv --pdeathsig KILL`, so that it dies with the test thread
 //! that started it even when the test binary is killed.
+//!
+//! Its metrics and health endpoints listen on one free loopback port
+//! (`127.0.0.1:0`), which [`Operator::admin_address`] reads from the log;
+//! [`Launch`] runs it with another kubeconfig (e.g. a ServiceAccount token)
+//! or under another log name (several operators for one namespace).
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use super::ec2::REGION;
 use super::env;
@@ -27,25 +34,55 @@ pub struct Operator {
     log_path: PathBuf,
     /// EC2 endpoint the operator talks to (moto, or a fault proxy before it).
     ec2_endpoint: String,
+    /// Kubeconfig of the control cluster.
+    kubeconfig: PathBuf,
     child: Option<Child>,
+}
+
+/// Options of [`Operator::launch`] beyond the namespace and flags.
+#[derive(Clone, Debug, Default)]
+pub struct Launch {
+    /// Kubeconfig of the control cluster (default: the environment's admin).
+    pub kubeconfig: Option<PathBuf>,
+    /// Log as `operator-<ns>-<name>.log` instead of `operator-<ns>.log`.
+    pub name: Option<String>,
+    /// EC2 endpoint (default: the environment's moto).
+    pub ec2_endpoint: Option<String>,
 }
 
 impl Operator {
     /// Starts the operator with `--namespace <ns>` and `extra_args`, against
     /// the test environment's API server and moto.
     pub fn start(ns: &str, extra_args: &[&str]) -> Operator {
-        Self::start_with_endpoint(ns, extra_args, env().var("AWS_ENDPOINT_URL_EC2"))
+        Self::launch(ns, extra_args, Launch::default())
     }
 
     /// Like [`Operator::start`], with EC2 reached at `ec2_endpoint` (e.g. a
     /// [`super::proxy::FaultProxy`]).
     pub fn start_with_endpoint(ns: &str, extra_args: &[&str], ec2_endpoint: &str) -> Operator {
-        let log_path = Path::new(env().var("MCM_TEST_DIR")).join(format!("operator-{ns}.log"));
+        let launch = Launch {
+            ec2_endpoint: Some(ec2_endpoint.to_string()),
+            ..Launch::default()
+        };
+        Self::launch(ns, extra_args, launch)
+    }
+
+    /// Like [`Operator::start`], with the options of `launch`.
+    pub fn launch(ns: &str, extra_args: &[&str], launch: Launch) -> Operator {
+        let log_name = match &launch.name {
+            Some(name) => format!("operator-{ns}-{name}.log"),
+            None => format!("operator-{ns}.log"),
+        };
         let mut operator = Operator {
             ns: ns.to_string(),
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
-            log_path,
-            ec2_endpoint: ec2_endpoint.to_string(),
+            log_path: Path::new(env().var("MCM_TEST_DIR")).join(log_name),
+            ec2_endpoint: launch
+                .ec2_endpoint
+                .unwrap_or_else(|| env().var("AWS_ENDPOINT_URL_EC2").to_string()),
+            kubeconfig: launch
+                .kubeconfig
+                .unwrap_or_else(|| env().kubeconfig().to_path_buf()),
             child: None,
         };
         operator.spawn();
@@ -58,7 +95,24 @@ impl Operator {
             .append(true)
             .open(&self.log_path)
             .unwrap_or_else(|e| panic!("open {}: {e}", self.log_path.display()));
-        let mut args = vec!["--namespace".to_string(), self.ns.clone()];
+        // Many operators run side by side: one free loopback port each for
+        // metrics and probes, unless the test chose.
+        let mut args = Vec::new();
+        if !self
+            .extra_args
+            .iter()
+            .any(|a| a.starts_with("--metrics-bind-address"))
+        {
+            args.push("--metrics-bind-address=127.0.0.1:0".to_string());
+        }
+        if !self
+            .extra_args
+            .iter()
+            .any(|a| a.starts_with("--health-bind-address"))
+        {
+            args.push("--health-bind-address=127.0.0.1:0".to_string());
+        }
+        args.extend(["--namespace".to_string(), self.ns.clone()]);
         args.extend(self.extra_args.iter().cloned());
         let _ = writeln!(
             log,
@@ -72,10 +126,11 @@ impl Operator {
         } else {
             Command::new(BINARY)
         };
-        let test_env = env();
         cmd.args(&args)
-            .env("KUBECONFIG", test_env.kubeconfig())
+            .env("KUBECONFIG", &self.kubeconfig)
             .env("AWS_ENDPOINT_URL_EC2", &self.ec2_endpoint)
+            // STS (web identity, AssumeRole) is served by moto as well.
+            .env("AWS_ENDPOINT_URL_STS", env().var("MCM_TEST_MOTO_URL"))
             .env("AWS_REGION", REGION)
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
@@ -88,6 +143,7 @@ impl Operator {
             .env_remove("AWS_DEFAULT_REGION")
             .env_remove("MCM_NAMESPACE")
             .env_remove("MCM_TARGET_KUBECONFIG")
+            .env_remove("POD_NAMESPACE")
             .stdin(Stdio::null())
             .stdout(Stdio::from(clone(&log)))
             .stderr(Stdio::from(log));
@@ -139,6 +195,64 @@ impl Operator {
     /// Where the log is.
     pub fn log_path(&self) -> &Path {
         &self.log_path
+    }
+
+    /// The address of the latest run's metrics and health listener, once
+    /// it logged it (text or JSON logs).
+    pub fn admin_address(&self) -> Option<SocketAddr> {
+        let log = self.log();
+        let run = log.rsplit("=== test harness: starting").next()?;
+        run.lines()
+            .filter(|l| l.contains("serving metrics"))
+            .filter_map(|l| {
+                let (_, rest) = l
+                    .split_once("address=")
+                    .or_else(|| l.split_once("\"address\":\""))?;
+                rest.split(|c: char| c.is_whitespace() || c == '"')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .next_back()
+    }
+
+    /// `GET path` on the operator's metrics/health listener: the status
+    /// code and body, or `None` while it does not answer.
+    pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        let addr = self.admin_address()?;
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let code = response.split_whitespace().nth(1)?.parse().ok()?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())?;
+        Some((code, body))
+    }
+
+    /// Sends SIGTERM, as the kubelet does when a Pod stops, and waits up to
+    /// `timeout` for the process to exit; its exit status, if it did.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                self.note(&format!("exited after SIGTERM: {status}"));
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
     }
 
     fn note(&self, what: &str) {
