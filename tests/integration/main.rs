@@ -6,6 +6,7 @@
 mod support;
 
 mod bench;
+mod chart;
 mod configuration;
 mod crds;
 mod fleets;
