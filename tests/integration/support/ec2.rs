@@ -11,9 +11,9 @@ use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_ec2::types::{
     Filter, Instance, InstanceStateName, ResourceType, Tag, TagSpecification,
 };
-use mcm_provider_aws::aws::tags::MACHINE_NAME_TAG;
 
 use super::env;
+pub use super::instances::{state, tag, try_instances_of_namespace};
 
 /// The region every test works in.
 pub const REGION: &str = "eu-west-1";
@@ -150,37 +150,6 @@ pub async fn instances_of_namespace(ec2: &aws_sdk_ec2::Client, ns: &str) -> Vec<
         .unwrap_or_else(|e| panic!("DescribeInstances for namespace {ns}: {e:?}"))
 }
 
-/// [`instances_of_namespace`] that returns EC2 errors instead of panicking,
-/// for background tasks.
-pub async fn try_instances_of_namespace(
-    ec2: &aws_sdk_ec2::Client,
-    ns: &str,
-) -> Result<Vec<Instance>, aws_sdk_ec2::Error> {
-    let prefix = format!("{ns}/");
-    let mut pages = ec2
-        .describe_instances()
-        .filters(
-            Filter::builder()
-                .name("tag-key")
-                .values(MACHINE_NAME_TAG)
-                .build(),
-        )
-        .into_paginator()
-        .send();
-    let mut out = Vec::new();
-    while let Some(page) = pages.next().await {
-        out.extend(
-            page?
-                .reservations()
-                .iter()
-                .flat_map(|r| r.instances())
-                .filter(|i| tag(i, MACHINE_NAME_TAG).is_some_and(|v| v.starts_with(&prefix)))
-                .cloned(),
-        );
-    }
-    Ok(out)
-}
-
 /// The instances of namespace `ns` that are not terminated or on their way
 /// there (shutting-down).
 pub async fn live_instances_of_namespace(ec2: &aws_sdk_ec2::Client, ns: &str) -> Vec<Instance> {
@@ -197,21 +166,4 @@ pub fn is_live(i: &Instance) -> bool {
         i.state().and_then(|s| s.name()),
         Some(InstanceStateName::ShuttingDown | InstanceStateName::Terminated)
     )
-}
-
-/// The value of tag `key` on instance `i`.
-pub fn tag<'a>(i: &'a Instance, key: &str) -> Option<&'a str> {
-    i.tags()
-        .iter()
-        .find(|t| t.key() == Some(key))
-        .and_then(|t| t.value())
-}
-
-/// The instance's state name (`pending`, `running`, `terminated`, ...), or ""
-/// when EC2 did not say.
-pub fn state(i: &Instance) -> &str {
-    i.state()
-        .and_then(|s| s.name())
-        .map(InstanceStateName::as_str)
-        .unwrap_or("")
 }

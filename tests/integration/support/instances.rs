@@ -1,0 +1,56 @@
+//! Which EC2 instances belong to a test namespace, and what state they are
+//! in: the queries the kubelet stand-in needs. Kept apart from `ec2.rs`
+//! (which needs the test environment) so that `examples/kubelet-standin.rs`
+//! can reuse the stand-in as it is.
+
+use aws_sdk_ec2::types::{Filter, Instance, InstanceStateName};
+use mcm_provider_aws::aws::tags::MACHINE_NAME_TAG;
+
+/// Every instance (in any state) whose `MACHINE_NAME_TAG` names a Machine
+/// of namespace `ns` (the value `<ns>/<name>`), with EC2 errors returned,
+/// for background tasks.
+pub async fn try_instances_of_namespace(
+    ec2: &aws_sdk_ec2::Client,
+    ns: &str,
+) -> Result<Vec<Instance>, aws_sdk_ec2::Error> {
+    let prefix = format!("{ns}/");
+    let mut pages = ec2
+        .describe_instances()
+        .filters(
+            Filter::builder()
+                .name("tag-key")
+                .values(MACHINE_NAME_TAG)
+                .build(),
+        )
+        .into_paginator()
+        .send();
+    let mut out = Vec::new();
+    while let Some(page) = pages.next().await {
+        out.extend(
+            page?
+                .reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .filter(|i| tag(i, MACHINE_NAME_TAG).is_some_and(|v| v.starts_with(&prefix)))
+                .cloned(),
+        );
+    }
+    Ok(out)
+}
+
+/// The value of tag `key` on instance `i`.
+pub fn tag<'a>(i: &'a Instance, key: &str) -> Option<&'a str> {
+    i.tags()
+        .iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+}
+
+/// The instance's state name (`pending`, `running`, `terminated`, ...), or ""
+/// when EC2 did not say.
+pub fn state(i: &Instance) -> &str {
+    i.state()
+        .and_then(|s| s.name())
+        .map(InstanceStateName::as_str)
+        .unwrap_or("")
+}
