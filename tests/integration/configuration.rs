@@ -237,3 +237,43 @@ async fn orphaned_instances_are_terminated_and_others_left_alone() {
     let m = s.machines().get("keep").await.unwrap();
     assert_eq!(m.phase(), Some(MachinePhase::Running));
 }
+
+#[tokio::test]
+async fn web_identity_credentials_are_exchanged_through_sts() {
+    let s = Scenario::start("irsa").await;
+    // What IRSA gives a pod: a projected token file and a role ARN.
+    let token = std::path::Path::new(crate::support::env().var("MCM_TEST_DIR"))
+        .join(format!("token-{}", s.ns));
+    std::fs::write(
+        &token,
+        "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6bWNtIn0.c2ln",
+    )
+    .unwrap();
+    use base64::Engine as _;
+    let b64 = |v: &str| base64::engine::general_purpose::STANDARD.encode(v);
+    // Merge patch: null removes the static keys, so only the web identity is left.
+    let secret = json!({"data": {
+        "workloadIdentityTokenFile": b64(&token.display().to_string()),
+        "roleARN": b64("arn:aws:iam::123456789012:role/mcm-provider-aws"),
+        "providerAccessKeyId": null,
+        "providerSecretAccessKey": null,
+    }});
+    let secrets = Api::<Secret>::namespaced(s.client.clone(), &s.ns);
+    let patched = secrets
+        .patch(
+            SECRET,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&secret),
+        )
+        .await
+        .unwrap();
+    let keys: Vec<_> = patched.data.unwrap_or_default().into_keys().collect();
+    assert_eq!(keys, ["roleARN", "userData", "workloadIdentityTokenFile"]);
+    s.create_machine("w1").await;
+    s.wait_phase("w1", MachinePhase::Running, 2 * MINUTE).await;
+    let log = s.op.log();
+    assert!(
+        !log.contains("eyJhbGciOiJSUzI1NiJ9"),
+        "the token never reaches the logs"
+    );
+}
