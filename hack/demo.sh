@@ -65,7 +65,7 @@ wait_until() {
 
 step "building the operator, crdgen and the kubelet stand-in"
 cargo build --quiet --bins --example kubelet-standin
-BIN="$ROOT/target/debug"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
 
 step "starting kube-apiserver, etcd, kube-controller-manager and moto"
 fifo="$(mktemp -u)"; mkfifo "$fifo"
