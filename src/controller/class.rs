@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -118,25 +118,12 @@ fn without(current: &[String], f: &str) -> Vec<String> {
     current.iter().filter(|x| *x != f).cloned().collect()
 }
 
-/// Replaces the finalizer list, guarded by the resourceVersion we read so a
-/// concurrent change is retried rather than overwritten.
+/// Replaces the finalizer list (guarded by the resourceVersion we read).
 async fn set_finalizers<K>(api: &Api<K>, obj: &K, finalizers: Vec<String>) -> Result<()>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    let patch = json!({
-        "metadata": {
-            "resourceVersion": obj.resource_version(),
-            "finalizers": finalizers,
-        }
-    });
-    api.patch(
-        &obj.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
-    Ok(())
+    super::ownership::patch_metadata_guarded(api, obj, "finalizers", json!(finalizers)).await
 }
 
 #[cfg(test)]

@@ -111,14 +111,29 @@ async fn set_owner_references<C>(api: &Api<C>, child: &C, refs: Vec<OwnerReferen
 where
     C: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
+    patch_metadata_guarded(api, child, "ownerReferences", json!(refs)).await
+}
+
+/// Replaces one metadata list (`ownerReferences`, `finalizers`) of `obj`,
+/// guarded by the resourceVersion we read, so a concurrent change makes the
+/// patch fail (and the reconcile retry) rather than being overwritten.
+pub(crate) async fn patch_metadata_guarded<K>(
+    api: &Api<K>,
+    obj: &K,
+    field: &str,
+    value: serde_json::Value,
+) -> Result<()>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
     let patch = json!({
         "metadata": {
-            "resourceVersion": child.resource_version(),
-            "ownerReferences": refs,
+            "resourceVersion": obj.resource_version(),
+            field: value,
         }
     });
     api.patch(
-        &child.name_any(),
+        &obj.name_any(),
         &PatchParams::default(),
         &Patch::Merge(&patch),
     )
