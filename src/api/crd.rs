@@ -103,6 +103,7 @@ pub(crate) fn schema_for<T: JsonSchema>() -> JSONSchemaProps {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::ValidationRule;
 
     #[test]
     fn every_kind_is_namespaced_in_one_group_and_version() {
@@ -150,6 +151,116 @@ mod tests {
                 "{} has definitions",
                 crd.spec.names.kind
             );
+        }
+    }
+
+    /// Every CEL rule (`x-kubernetes-validations`) in a CRD with the path of
+    /// the schema node that carries it (`providerSpec.blockDevices[*].ebs`).
+    fn cel_rules() -> Vec<(String, ValidationRule, JSONSchemaProps)> {
+        fn walk(
+            path: String,
+            schema: &JSONSchemaProps,
+            out: &mut Vec<(String, ValidationRule, JSONSchemaProps)>,
+        ) {
+            for rule in schema.x_kubernetes_validations.iter().flatten() {
+                out.push((path.clone(), rule.clone(), schema.clone()));
+            }
+            for (name, child) in schema.properties.iter().flatten() {
+                let child_path = if path.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{path}.{name}")
+                };
+                walk(child_path, child, out);
+            }
+            if let Some(JSONSchemaPropsOrArray::Schema(item)) = &schema.items {
+                walk(format!("{path}[*]"), item, out);
+            }
+            if let Some(JSONSchemaPropsOrBool::Schema(values)) = &schema.additional_properties {
+                walk(format!("{path}[*]"), values, out);
+            }
+        }
+        let mut out = Vec::new();
+        for crd in all() {
+            for version in &crd.spec.versions {
+                if let Some(schema) = version
+                    .schema
+                    .as_ref()
+                    .and_then(|s| s.open_api_v3_schema.as_ref())
+                {
+                    walk(String::new(), schema, &mut out);
+                }
+            }
+        }
+        out
+    }
+
+    /// The `# expect-error:` lines of `config/samples/invalid/`.
+    fn expected_sample_errors() -> Vec<String> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/samples/invalid");
+        std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .filter_map(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("# expect-error:"))
+                    .map(|e| e.trim().to_owned())
+            })
+            .collect()
+    }
+
+    /// `kubectl apply` prints a rule's message after the path of the node
+    /// that carries the rule; the message starts with the field it is about
+    /// (that node, or a field below it), so users see the field even where
+    /// the node is a whole list. Each rule is proven on a real API server by
+    /// one sample in `config/samples/invalid/` that expects its message.
+    #[test]
+    fn cel_rules_name_their_field_and_each_has_an_invalid_sample() {
+        let rules = cel_rules();
+        assert!(rules.len() >= 9, "the provider spec's rules are missing");
+        let expected = expected_sample_errors();
+        for (path, rule, _) in &rules {
+            let message = rule
+                .message
+                .as_deref()
+                .unwrap_or_else(|| panic!("rule at {path} has no message: {}", rule.rule));
+            let named = message
+                .split_once(": ")
+                .map(|(field, _)| field)
+                .unwrap_or_else(|| panic!("{message:?} does not start with `<field>: `"));
+            let target = format!("{path}{}", rule.field_path.as_deref().unwrap_or(""));
+            assert!(
+                named == target
+                    || named.starts_with(&format!("{target}."))
+                    || named.starts_with(&format!("{target}[*]")),
+                "rule at {target} names {named}"
+            );
+            // The server prints a duplicate without the rule's message.
+            assert_ne!(
+                rule.reason.as_deref(),
+                Some("FieldValueDuplicate"),
+                "rule at {target} would lose its message"
+            );
+            assert!(
+                expected.iter().any(|e| e == message),
+                "no sample in config/samples/invalid expects {message:?}"
+            );
+        }
+    }
+
+    /// The API server estimates each rule's worst-case cost from the bounds of
+    /// what it iterates and refuses a CRD over budget; a rule over a list
+    /// without `maxItems` is estimated with the request size limit.
+    #[test]
+    fn cel_rules_over_lists_have_bounded_lists() {
+        for (path, rule, schema) in cel_rules() {
+            if schema.type_.as_deref() == Some("array") {
+                assert!(
+                    schema.max_items.is_some(),
+                    "{path} has rule {} but no maxItems",
+                    rule.rule
+                );
+            }
         }
     }
 

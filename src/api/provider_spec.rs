@@ -6,7 +6,11 @@
 //! MCM MachineClass applies unchanged. Where MCM accepted any string and only
 //! EC2 complained at launch time, the types here are enums and ranges, so the
 //! API server rejects bad input at `kubectl apply`. Rules that relate several
-//! fields live in [`crate::api::validation`].
+//! fields are CEL rules (`x-kubernetes-validations`) on the types below, so
+//! that `kubectl apply` rejects them too, and are checked again by
+//! [`crate::api::validation`] for objects stored before the rules existed.
+//! Each rule's message starts with the path of the field it is about
+//! (`providerSpec.iam: ...`), as `validation` reports it.
 //!
 //! Doc comments are user documentation: they become `kubectl explain` text.
 //! Every enum variant is documented, and that matters beyond rustdoc: schemars
@@ -28,6 +32,15 @@ pub const ROLE_TAG_PREFIX: &str = "kubernetes.io/role/";
 /// `deviceName` that marks the root device in `blockDevices`; it is replaced
 /// by the AMI's root device name at launch.
 pub const ROOT_DEVICE_NAME: &str = "/root";
+/// Most entries `blockDevices` may have: with several devices every name is
+/// `/root` or a distinct `/dev/sd[a-z]` / `/dev/xvd[a-c][a-z]?`, so there are
+/// never more than 1 + 26 + 3 + 3 * 26 valid ones. The bound is what lets the
+/// API server accept the uniqueness rule's cost (it is quadratic in the
+/// length of the list).
+pub const MAX_BLOCK_DEVICES: u32 = 1 + 26 + 3 + 3 * 26;
+/// Longest `deviceName` accepted (real ones have at most 12 characters);
+/// bounds the cost of comparing names in the CEL rules.
+pub const MAX_DEVICE_NAME_LENGTH: u32 = 64;
 
 /// The provider-specific part of a MachineClass for EC2 (`provider: AWS`):
 /// which AMI and instance type to launch, where, with which disks, network
@@ -61,8 +74,32 @@ pub struct AWSProviderSpec {
     /// root volume whatever its `deviceName`. With several entries, exactly one
     /// must have `deviceName: /root` (the root volume) and the others must be
     /// named `/dev/sd[a-z]` or `/dev/xvd[a-c][a-z]`, each name used once. When
-    /// empty, the instance gets the AMI's own block device mapping.
+    /// empty, the instance gets the AMI's own block device mapping. At most
+    /// 108 entries (the number of distinct valid names).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = MAX_BLOCK_DEVICES),
+        extend("x-kubernetes-validations" = [
+            {
+                "rule": "size(self) <= 1 || self.all(d, has(d.deviceName) && \
+                         (d.deviceName == '/root' || d.deviceName.matches('^/dev/(sd[a-z]|xvd[a-c][a-z]?)$')))",
+                "message": "providerSpec.blockDevices[*].deviceName: with several block devices, \
+                            each must be /root (the root volume) or match ^/dev/(sd[a-z]|xvd[a-c][a-z]?)$",
+            },
+            {
+                // `/root` is the next rule's. No `reason: FieldValueDuplicate`:
+                // the server prints that reason without the message.
+                "rule": "self.all(d, !has(d.deviceName) || d.deviceName == '/root' || \
+                         self.exists_one(e, has(e.deviceName) && e.deviceName == d.deviceName))",
+                "message": "providerSpec.blockDevices[*].deviceName: each device name may be used only once",
+            },
+            {
+                "rule": "size(self) <= 1 || self.exists_one(d, has(d.deviceName) && d.deviceName == '/root')",
+                "message": "providerSpec.blockDevices: exactly one block device must have deviceName /root \
+                            when several are given",
+            },
+        ]),
+    )]
     pub block_devices: Vec<AWSBlockDeviceMappingSpec>,
 
     /// Launch into an EC2 On-Demand Capacity Reservation, a Capacity
@@ -179,8 +216,10 @@ pub struct AWSBlockDeviceMappingSpec {
     /// Device name: `/root` for the root volume (replaced by the AMI's root
     /// device name at launch), otherwise `/dev/sd[a-z]` or `/dev/xvd[a-c][a-z]`
     /// (e.g. `/dev/sdb`, `/dev/xvdba`). May be empty when this is the only
-    /// block device; a single block device is always the root volume.
+    /// block device; a single block device is always the root volume. At most
+    /// 64 characters.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = MAX_DEVICE_NAME_LENGTH))]
     pub device_name: String,
 
     /// The EBS volume to create. Required.
@@ -202,6 +241,12 @@ pub struct AWSBlockDeviceMappingSpec {
 /// An EBS volume created at launch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!(self.volumeType in ['io1', 'io2']) || (has(self.iops) && self.iops > 0)",
+    "message": "providerSpec.blockDevices[*].ebs.iops: iops (greater than 0) is required for io1 and io2 volumes",
+    "fieldPath": ".iops",
+    "reason": "FieldValueRequired",
+}]))]
 pub struct AWSEbsBlockDeviceSpec {
     /// Delete the volume when the instance terminates. Optional, default true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -311,6 +356,13 @@ impl VolumeType {
 /// `capacityReservationResourceGroupArn`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "(has(self.capacityReservationPreference) ? 1 : 0) + (has(self.capacityReservationId) ? 1 : 0) \
+             + (has(self.capacityReservationResourceGroupArn) ? 1 : 0) <= 1",
+    "message": "providerSpec.capacityReservation: set at most one of capacityReservationPreference, \
+                capacityReservationId and capacityReservationResourceGroupArn",
+    "reason": "FieldValueForbidden",
+}]))]
 pub struct AWSCapacityReservationTargetSpec {
     /// Which reservations the instance may use: `open` (any matching open
     /// reservation, else On-Demand capacity; EC2's default), `none` (never a
@@ -371,6 +423,10 @@ impl CapacityReservationPreference {
 /// IAM instance profile for the instance: set exactly one of `name` or `arn`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "(has(self.name) && size(self.name) > 0) != (has(self.arn) && size(self.arn) > 0)",
+    "message": "providerSpec.iam: exactly one of name or arn must be set",
+}]))]
 pub struct AWSIAMProfileSpec {
     /// Name of the instance profile, e.g. `my-cluster-nodes`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -583,6 +639,18 @@ impl HttpTokens {
 /// CPU configuration of the instance.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.coreCount) == has(self.threadsPerCore)",
+        "message": "providerSpec.cpuOptions: coreCount and threadsPerCore must be set together",
+        "reason": "FieldValueRequired",
+    },
+    {
+        "rule": "has(self.coreCount) || has(self.threadsPerCore) || has(self.amdSevSnp)",
+        "message": "providerSpec.cpuOptions: set coreCount and threadsPerCore (or amdSevSnp), or remove cpuOptions",
+        "reason": "FieldValueRequired",
+    },
+]))]
 pub struct CPUOptions {
     /// Number of CPU cores, at least 1; valid counts depend on the instance
     /// type. Set together with `threadsPerCore`.
@@ -605,6 +673,12 @@ pub struct CPUOptions {
 /// Placement of the instance.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.hostId) || (has(self.tenancy) && self.tenancy == 'host')",
+    "message": "providerSpec.placement.hostId: a Dedicated Host ID requires tenancy: host",
+    "fieldPath": ".hostId",
+    "reason": "FieldValueForbidden",
+}]))]
 pub struct AWSPlacementSpec {
     /// ID of the placement group, e.g. `pg-0123456789abcdef0`. Optional.
     #[serde(default, skip_serializing_if = "Option::is_none")]
