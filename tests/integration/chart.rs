@@ -648,7 +648,7 @@ async fn machine_lifecycle_with_the_charts_rights(prefix: &str, namespaced: bool
     let machine: Machine = serde_json::from_value(json!({
         "apiVersion": "machine.sapcloud.io/v1alpha1", "kind": "Machine",
         "metadata": {"name": "m1", "namespace": s.ns},
-        "spec": {"class": {"kind": "MachineClass", "name": CLASS}, "drainTimeout": "5s"},
+        "spec": {"class": {"kind": "MachineClass", "name": CLASS}, "drainTimeout": "20s"},
     }))
     .unwrap();
     s.machines()
@@ -663,7 +663,8 @@ async fn machine_lifecycle_with_the_charts_rights(prefix: &str, namespaced: bool
 
     // A Pod whose eviction a PodDisruptionBudget blocks (no disruption
     // controller runs here, so it allows none): the drain evicts, is
-    // refused, and deletes the Pod once the 5s drain timeout passed.
+    // refused, and deletes the Pod once the 20s drain timeout passed (long enough
+    // for a loaded machine to report the block first).
     pod_on_node(&s.client, &s.ns, "app", &node).await;
     let pods = Api::<Pod>::namespaced(s.client.clone(), &s.ns);
     let label = json!({"metadata": {"labels": {"app": "guarded"}}});
@@ -677,7 +678,7 @@ async fn machine_lifecycle_with_the_charts_rights(prefix: &str, namespaced: bool
         .await
         .unwrap();
     let pdb = json!({
-        "apiVersion": "policy/v1beta1", "kind": "PodDisruptionBudget",
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
         "metadata": {"name": "app", "namespace": s.ns},
         "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "guarded"}}},
     });

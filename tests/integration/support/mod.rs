@@ -84,9 +84,10 @@ fn start() -> TestEnv {
         if let Some(msg) = line.strip_prefix("FAILED ") {
             panic!(
                 "the integration test environment did not start: {msg}\n\
-                 Set it up with `make test-env` (builds kube-apiserver from Debian's source \
-                 package and installs etcd and moto), or point KUBEBUILDER_ASSETS at a \
-                 directory with kube-apiserver and etcd."
+                 Set it up with `make test-env` (builds kube-apiserver, kube-controller-manager \
+                 and etcd from the Go module proxy and installs moto; KUBE_VERSION selects the \
+                 Kubernetes version), or point KUBEBUILDER_ASSETS at a directory with \
+                 kube-apiserver and etcd."
             );
         }
     }
