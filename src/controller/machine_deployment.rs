@@ -303,7 +303,7 @@ pub async fn reconcile(d: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<A
             }
             Err(kube::Error::Api(e)) if e.code == 409 => {
                 // Named like ours but not a set we would use: pick another name.
-                collision_count = Some(collision_count.unwrap_or_default() + 1);
+                collision_count = Some(collision_count.unwrap_or_default().saturating_add(1));
                 warn!(deployment = %d.name_any(), set = %set.name_any(), "machine set name collision");
             }
             Err(e) => {

@@ -70,13 +70,13 @@ fn scaled(
         .and_then(|p| p.trim().parse().ok())
         .filter(|p| *p >= 0)
         .ok_or_else(|| format!("{v:?} is neither a number nor a percentage like \"25%\""))?;
-    let product = percent * i64::from(total.max(0));
+    let product = percent.saturating_mul(i64::from(total.max(0)));
     let value = if round_up {
-        (product + 99) / 100
+        product.saturating_add(99) / 100
     } else {
         product / 100
     };
-    Ok(i32::try_from(value).unwrap_or(i32::MAX))
+    Ok(clamp(value))
 }
 
 /// One MachineSet of a deployment, as the rollout sees it.
@@ -99,19 +99,25 @@ pub struct SetView {
 
 impl SetView {
     /// Machines this set has or is about to have.
-    pub fn footprint(&self) -> i32 {
-        self.replicas.max(self.active) + self.terminating
+    pub fn footprint(&self) -> i64 {
+        i64::from(self.replicas.max(self.active)) + i64::from(self.terminating)
     }
 
     /// Availability the set keeps once it has reached `replicas`.
-    pub fn settled_available(&self) -> i32 {
-        self.available.min(self.replicas)
+    pub fn settled_available(&self) -> i64 {
+        i64::from(self.available.min(self.replicas))
     }
 
     /// Whether any of its machines still exists.
     pub fn has_machines(&self) -> bool {
-        self.active + self.terminating > 0
+        self.active > 0 || self.terminating > 0
     }
+}
+
+/// A count computed in `i64` (where sums of spec values cannot overflow) back
+/// in the API's `i32`, saturating at its bounds.
+fn clamp(v: i64) -> i32 {
+    i32::try_from(v).unwrap_or(if v < 0 { i32::MIN } else { i32::MAX })
 }
 
 fn oldest_first(old: &[SetView]) -> Vec<SetView> {
@@ -134,22 +140,25 @@ pub fn rolling_step(
     if new.replicas > replicas {
         return vec![(new.name.clone(), replicas)];
     }
+    // Sums of spec values are taken in i64: `replicas + maxSurge` of two
+    // i32::MAX must not overflow.
+    let (replicas_64, new_replicas) = (i64::from(replicas), i64::from(new.replicas));
     if new.replicas < replicas {
-        let max_total = replicas + surge;
-        let current: i32 = new.footprint() + old.iter().map(SetView::footprint).sum::<i32>();
+        let max_total = replicas_64 + i64::from(surge);
+        let current: i64 = new.footprint() + old.iter().map(SetView::footprint).sum::<i64>();
         if current < max_total {
-            let target = (new.replicas + max_total - current).min(replicas);
-            return vec![(new.name.clone(), target)];
+            let target = (new_replicas + max_total - current).min(replicas_64);
+            return vec![(new.name.clone(), clamp(target))];
         }
     }
 
-    let old_total: i32 = old.iter().map(|s| s.replicas).sum();
+    let old_total: i64 = old.iter().map(|s| i64::from(s.replicas)).sum();
     if old_total == 0 {
         return Vec::new();
     }
-    let min_available = replicas - unavailable;
-    let new_unavailable = new.replicas - new.settled_available();
-    let max_scaled_down = new.replicas + old_total - min_available - new_unavailable;
+    let min_available = replicas_64 - i64::from(unavailable);
+    let new_unavailable = new_replicas - new.settled_available();
+    let max_scaled_down = new_replicas + old_total - min_available - new_unavailable;
     if max_scaled_down <= 0 {
         return Vec::new();
     }
@@ -157,31 +166,31 @@ pub fn rolling_step(
     let original: Vec<i32> = sets.iter().map(|s| s.replicas).collect();
 
     // Unhealthy machines of old sets go first: removing them costs nothing.
-    let mut cleaned = 0;
+    let mut cleaned: i64 = 0;
     for s in &mut sets {
         if cleaned >= max_scaled_down {
             break;
         }
-        let unhealthy = s.replicas - s.settled_available();
+        let unhealthy = i64::from(s.replicas) - s.settled_available();
         if s.replicas == 0 || unhealthy <= 0 {
             continue;
         }
         let n = unhealthy.min(max_scaled_down - cleaned);
-        s.replicas -= n;
+        s.replicas = clamp(i64::from(s.replicas) - n);
         cleaned += n;
     }
 
     // Then available ones, as long as enough stay available.
-    let available: i32 =
-        new.settled_available() + sets.iter().map(SetView::settled_available).sum::<i32>();
+    let available: i64 =
+        new.settled_available() + sets.iter().map(SetView::settled_available).sum::<i64>();
     if available > min_available {
         let mut left = available - min_available;
         for s in &mut sets {
             if left == 0 {
                 break;
             }
-            let n = s.replicas.min(left);
-            s.replicas -= n;
+            let n = i64::from(s.replicas).min(left);
+            s.replicas = clamp(i64::from(s.replicas) - n);
             left -= n;
         }
     }
@@ -227,12 +236,14 @@ pub fn recreate_step(replicas: i32, new: Option<&SetView>, old: &[SetView]) -> R
 /// deployments): growth goes to the first set (the newest), shrinking takes
 /// from the oldest sets first. `sets` is ordered newest first.
 pub fn scale_without_rollout(replicas: i32, sets: &[SetView]) -> Vec<(String, i32)> {
-    let total: i32 = sets.iter().map(|s| s.replicas).sum();
+    let total: i64 = sets.iter().map(|s| i64::from(s.replicas)).sum();
     let Some(first) = sets.first() else {
         return Vec::new();
     };
+    let replicas = i64::from(replicas);
     if total < replicas {
-        return vec![(first.name.clone(), first.replicas + replicas - total)];
+        let grown = i64::from(first.replicas) + replicas - total;
+        return vec![(first.name.clone(), clamp(grown))];
     }
     let mut excess = total - replicas;
     let mut out = Vec::new();
@@ -240,9 +251,9 @@ pub fn scale_without_rollout(replicas: i32, sets: &[SetView]) -> Vec<(String, i3
         if excess == 0 {
             break;
         }
-        let n = s.replicas.min(excess);
+        let n = i64::from(s.replicas).min(excess);
         if n > 0 {
-            out.push((s.name.clone(), s.replicas - n));
+            out.push((s.name.clone(), clamp(i64::from(s.replicas) - n)));
             excess -= n;
         }
     }
@@ -375,7 +386,7 @@ pub fn conditions(i: &ConditionInputs<'_>) -> (Vec<MachineDeploymentCondition>, 
         .cloned()
         .collect();
 
-    let available = if i.counts.available >= i.replicas - i.max_unavailable {
+    let available = if i.counts.available >= i.replicas.saturating_sub(i.max_unavailable) {
         condition(
             Available,
             ConditionStatus::True,
@@ -556,6 +567,69 @@ mod tests {
         assert!(limits(&strategy(IntOrString::Int(-1), IntOrString::Int(0)), 3).is_err());
     }
 
+    /// Extreme spec values (the schema allows any i32) neither overflow nor
+    /// panic: they saturate at the API's bounds.
+    #[test]
+    fn extreme_values_saturate() {
+        let max = IntOrString::Int(i32::MAX);
+        assert_eq!(
+            limits(&strategy(max.clone(), max.clone()), i32::MAX),
+            Ok((i32::MAX, i32::MAX))
+        );
+        assert_eq!(
+            limits(
+                &strategy(pct("9223372036854775807%"), pct("200%")),
+                i32::MAX
+            ),
+            Ok((i32::MAX, i32::MAX)),
+            "a percentage of i64::MAX saturates"
+        );
+        assert_eq!(
+            limits(&strategy(pct("100%"), pct("0%")), i32::MAX),
+            Ok((i32::MAX, 0))
+        );
+
+        // replicas + maxSurge beyond i32: the new set grows to replicas.
+        let new = set("new", 9, 0, 0, 0);
+        let old = [set("old", 1, i32::MAX, i32::MAX, i32::MAX)];
+        assert_eq!(
+            rolling_step(i32::MAX, i32::MAX, i32::MAX, &new, &old),
+            [("new".to_string(), i32::MAX)]
+        );
+        // Old sets whose replicas sum beyond i32 are scaled down without overflow.
+        let full = set("new", 9, i32::MAX, i32::MAX, i32::MAX);
+        let olds = [
+            set("a", 1, i32::MAX, i32::MAX, 0),
+            set("b", 2, i32::MAX, 0, 0),
+        ];
+        assert_eq!(
+            rolling_step(i32::MAX, 0, i32::MAX, &full, &olds),
+            [("a".to_string(), 0), ("b".to_string(), 0)]
+        );
+        let mut terminating = set("t", 3, i32::MAX, i32::MAX, i32::MAX);
+        terminating.terminating = i32::MAX;
+        // Footprints beyond i32 block the surge instead of wrapping negative;
+        // the new set's one available machine lets one old one go.
+        assert_eq!(
+            rolling_step(i32::MAX, 1, 0, &set("new", 9, 1, 1, 1), &[terminating]),
+            [("t".to_string(), i32::MAX - 1)]
+        );
+
+        let sets = [
+            set("newer", 9, i32::MAX, 0, 0),
+            set("older", 1, i32::MAX, 0, 0),
+        ];
+        assert_eq!(
+            scale_without_rollout(i32::MAX, &sets),
+            [("older".to_string(), 0)],
+            "the excess over i32::MAX comes off the oldest"
+        );
+        assert_eq!(
+            scale_without_rollout(i32::MAX, &[set("only", 1, 1, 0, 0)]),
+            [("only".to_string(), i32::MAX)]
+        );
+    }
+
     fn set(name: &str, created: i64, replicas: i32, active: i32, available: i32) -> SetView {
         SetView {
             name: name.into(),
@@ -577,10 +651,10 @@ mod tests {
         let mut new = set("new", 9, 0, 0, 0);
         let mut old = vec![set("old", 1, old_size, old_size, old_size)];
         for tick in 0..400 {
-            let total: i32 = new.footprint() + old.iter().map(SetView::footprint).sum::<i32>();
+            let total = new.footprint() + old.iter().map(SetView::footprint).sum::<i64>();
             let available: i32 = new.available + old.iter().map(|s| s.available).sum::<i32>();
             assert!(
-                total <= replicas.max(old_size) + surge,
+                total <= i64::from(replicas.max(old_size) + surge),
                 "tick {tick}: {total} machines"
             );
             assert!(
