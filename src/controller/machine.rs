@@ -16,11 +16,11 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Node, NodeCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event, finalizer};
-use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
@@ -31,6 +31,7 @@ use super::drift::{
     REPLACE_ON_DRIFT_ANNOTATION, Replacer, SPEC_FIELDS_ANNOTATION, SPEC_HASH_ANNOTATION,
 };
 use super::error::{Error, Result};
+use super::events::publish;
 use super::ownership;
 use super::phase::{self, InstanceHealth, NodeHealth, Timeouts};
 use crate::api::machine::{Machine, MachineStatus, NODE_LABEL};
@@ -66,7 +67,13 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Context>) -> Result<Actio
     let result = finalizer(&api, super::machine::FINALIZER, machine, |event| async {
         match event {
             Event::Apply(m) => apply(&m, &ctx).await,
-            Event::Cleanup(m) => cleanup(&m, &ctx).await,
+            Event::Cleanup(m) => match cleanup(&m, &ctx).await {
+                Err(e) if !matches!(e, Error::Waiting { .. }) => {
+                    report_delete_failure(&m, &ctx, &e).await;
+                    Err(e)
+                }
+                other => other,
+            },
         }
     })
     .await
@@ -922,12 +929,15 @@ async fn report_failure(
             ctx,
             m,
             EventType::Warning,
-            if invalid {
-                "InvalidConfiguration"
-            } else {
-                "CreateFailed"
+            match (invalid, op) {
+                (true, _) => "InvalidConfiguration",
+                (false, MachineOperationType::Delete) => "DeleteFailed",
+                (false, _) => "CreateFailed",
             },
-            "Create",
+            match op {
+                MachineOperationType::Delete => "Delete",
+                _ => "Create",
+            },
             description.to_string(),
         )
         .await;
@@ -963,32 +973,16 @@ fn machines(ctx: &Context, m: &Machine) -> Api<Machine> {
     Api::namespaced(ctx.client.clone(), &m.namespace().unwrap_or_default())
 }
 
-async fn publish(
-    ctx: &Context,
-    m: &Machine,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: String,
-) {
-    let event = KubeEvent {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: action.into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &m.object_ref(&())).await {
-        warn!(machine = %m.name_any(), error = %e, "could not publish event");
-    }
-}
-
 // ---------------------------------------------------------------- cleanup
 
 async fn cleanup(m: &Machine, ctx: &Context) -> Result<Action> {
     let name = m.name_any();
     let uid = m.uid().unwrap_or_default();
-    mark_terminating(m, ctx, "Deleting the machine").await?;
+    // Entering deletion; later steps describe their progress, and a failure
+    // reported by an earlier pass stays visible until a step moves on.
+    if m.status.as_ref().and_then(|s| s.current_status.phase) != Some(MachinePhase::Terminating) {
+        mark_terminating(m, ctx, "Deleting the machine").await?;
+    }
 
     let resolved = match resolve(m, ctx).await {
         Ok(r) => Some(r),
@@ -1059,6 +1053,24 @@ async fn cleanup(m: &Machine, ctx: &Context) -> Result<Action> {
             return Err(Error::Waiting {
                 what: format!("waiting for EC2 to terminate {}", alive.join(", ")),
                 retry_after: RECHECK_SOON,
+            });
+        }
+        // `shutting-down` is not `terminated` yet: EC2 may still hold the
+        // instance's volumes and addresses, and a restart of the operator
+        // must still find something to wait for.
+        let shutting_down: Vec<&str> = found
+            .iter()
+            .filter(|i| i.state == InstanceState::ShuttingDown)
+            .map(|i| i.id.as_str())
+            .collect();
+        if !shutting_down.is_empty() {
+            wait_for_shutting_down(m, ctx, &shutting_down).await?;
+            return Err(Error::Waiting {
+                what: format!(
+                    "waiting for EC2 to finish terminating {}",
+                    shutting_down.join(", ")
+                ),
+                retry_after: SHUTTING_DOWN_RECHECK,
             });
         }
     }
@@ -1154,6 +1166,68 @@ async fn drain(m: &Machine, ctx: &Context, node: &Node) -> Result<()> {
                 retry_after: RECHECK_SOON,
             })
         }
+    }
+}
+
+/// How often a Machine whose instance is `shutting-down` looks again.
+const SHUTTING_DOWN_RECHECK: Duration = Duration::from_secs(10);
+/// EC2 normally finishes terminating within minutes; past this (counted
+/// from the Machine's deletion) the wait is reported as a failure, and goes on.
+const SHUTTING_DOWN_REPORT_AFTER: Duration = Duration::from_secs(15 * 60);
+
+/// Describes the wait for `shutting-down` instances, as progress at first and
+/// as a failure (Warning Event) once it has taken unusually long.
+async fn wait_for_shutting_down(m: &Machine, ctx: &Context, ids: &[&str]) -> Result<()> {
+    let waited = m
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .and_then(|t| Duration::try_from(Timestamp::now().duration_since(t.0)).ok())
+        .unwrap_or_default();
+    if waited < SHUTTING_DOWN_REPORT_AFTER {
+        let step = format!(
+            "Waiting for EC2 to finish terminating {} (shutting-down)",
+            ids.join(", ")
+        );
+        return mark_terminating(m, ctx, &step).await;
+    }
+    let description = format!(
+        "Instance(s) {} still shutting-down {} minutes after the deletion; \
+         waiting for EC2 to report them terminated before the finalizer is removed",
+        ids.join(", "),
+        SHUTTING_DOWN_REPORT_AFTER.as_secs() / 60
+    );
+    report_failure(
+        m,
+        ctx,
+        MachineOperationType::Delete,
+        "Internal",
+        &description,
+        false,
+    )
+    .await
+}
+
+/// Records a failed deletion step in `lastOperation` with a Warning Event
+/// (e.g. TerminateInstances refused: UnauthorizedOperation, termination
+/// protection; a drain the API server refused). The deletion is retried.
+async fn report_delete_failure(m: &Machine, ctx: &Context, e: &Error) {
+    let code = match e.inner() {
+        Error::Ec2(ec2) => ec2.mcm_code(),
+        _ => "Internal",
+    };
+    let description = format!("Deleting the machine failed: {e}");
+    if let Err(status_err) = report_failure(
+        m,
+        ctx,
+        MachineOperationType::Delete,
+        code,
+        &description,
+        false,
+    )
+    .await
+    {
+        warn!(machine = %m.name_any(), error = %status_err, "could not report the deletion failure");
     }
 }
 

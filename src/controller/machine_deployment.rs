@@ -26,7 +26,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{self, Action};
-use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, watcher};
 use kube::{Resource, ResourceExt};
@@ -37,6 +37,7 @@ use tracing::{debug, info, warn};
 use super::context::{Context, MANAGER};
 use super::drift::{self, EffectiveSpec, SPEC_HASH_ANNOTATION};
 use super::error::{Error, Result};
+use super::events::publish;
 use super::fleet;
 use super::ownership::{self, Claim};
 use super::rollout::{self, ConditionInputs, Counts, RecreateStep, SetView};
@@ -284,9 +285,10 @@ pub async fn reconcile(d: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<A
                 info!(deployment = %d.name_any(), set = %created.name_any(), replicas = r, "created new machine set");
                 publish(
                     &ctx,
-                    &d,
+                    &*d,
                     EventType::Normal,
                     "ScalingMachineSet",
+                    "Rollout",
                     format!(
                         "Created new MachineSet {} with {r} replicas",
                         created.name_any()
@@ -324,9 +326,10 @@ pub async fn reconcile(d: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<A
             let direction = if *r > v.replicas { "up" } else { "down" };
             publish(
                 &ctx,
-                &d,
+                &*d,
                 EventType::Normal,
                 "ScalingMachineSet",
+                "Rollout",
                 format!(
                     "Scaled {direction} MachineSet {set_name} from {} to {r}",
                     v.replicas
@@ -611,7 +614,15 @@ async fn invalid(d: &MachineDeployment, ctx: &Context, msg: &str) -> Result<Acti
                 reason: Some("InvalidSpec".into()),
                 message: Some(msg.to_string()),
             });
-        publish(ctx, d, EventType::Warning, "InvalidSpec", msg.to_string()).await;
+        publish(
+            ctx,
+            d,
+            EventType::Warning,
+            "InvalidSpec",
+            "Rollout",
+            msg.to_string(),
+        )
+        .await;
     }
     status.observed_generation = d.metadata.generation.unwrap_or_default();
     write_status(d, ctx, &old, status).await?;
@@ -647,6 +658,7 @@ async fn announce_transitions(
                 d,
                 EventType::Warning,
                 &reason,
+                "Rollout",
                 c.message.clone().unwrap_or_default(),
             )
             .await;
@@ -676,25 +688,6 @@ async fn write_status(
         )
         .await?;
     Ok(())
-}
-
-async fn publish(
-    ctx: &Context,
-    d: &MachineDeployment,
-    type_: EventType,
-    reason: &str,
-    note: String,
-) {
-    let event = KubeEvent {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Rollout".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &d.object_ref(&())).await {
-        warn!(deployment = %d.name_any(), error = %e, "could not publish event");
-    }
 }
 
 #[cfg(test)]

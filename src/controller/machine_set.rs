@@ -23,7 +23,7 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::SelectorExt;
 use kube::runtime::controller::{self, Action};
-use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::Store;
 use kube::runtime::{Controller, watcher};
 use kube::{Resource, ResourceExt};
@@ -33,6 +33,7 @@ use tracing::{info, warn};
 use super::context::{Context, MANAGER};
 use super::drift::REPLACE_ON_DRIFT_ANNOTATION;
 use super::error::{Error, Result};
+use super::events::publish;
 use super::fleet::{self, plan_set, slow_start_batches};
 use super::machine::FINALIZER;
 use super::ownership::{self, Claim};
@@ -154,7 +155,7 @@ pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action
                 Ok(_) => {
                     publish(
                         &ctx,
-                        &set,
+                        &*set,
                         EventType::Normal,
                         "SuccessfulDelete",
                         "Delete",
@@ -188,7 +189,7 @@ pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action
                     Ok(m) => {
                         publish(
                             &ctx,
-                            &set,
+                            &*set,
                             EventType::Normal,
                             "SuccessfulCreate",
                             "Create",
@@ -211,7 +212,7 @@ pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action
     if let Some((reason, message)) = &failure {
         publish(
             &ctx,
-            &set,
+            &*set,
             EventType::Warning,
             reason,
             "Reconcile",
@@ -352,26 +353,6 @@ async fn write_status(
         )
         .await?;
     Ok(())
-}
-
-async fn publish(
-    ctx: &Context,
-    set: &MachineSet,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: String,
-) {
-    let event = KubeEvent {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: action.into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &set.object_ref(&())).await {
-        warn!(set = %set.name_any(), error = %e, "could not publish event");
-    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub mod context;
 pub mod drain;
 pub mod drift;
 pub mod error;
+pub mod events;
 pub mod fleet;
 pub mod machine;
 pub mod machine_deployment;

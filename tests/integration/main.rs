@@ -9,6 +9,7 @@ mod bench;
 mod chart;
 mod configuration;
 mod crds;
+mod deletion;
 mod fleets;
 mod harness;
 mod health;
