@@ -37,11 +37,17 @@ pub fn all() -> Vec<CustomResourceDefinition> {
 
 /// Removes `nullable: true` from a schema and all its subschemas.
 ///
-/// schemars marks every `Option` field nullable, but our types never send
-/// `null` (optional fields are skipped when empty), and the API server prunes
-/// a `null` sent for a non-nullable field anyway. Kubernetes 1.20 publishes
-/// nullable fields without a type, so `kubectl explain` could not descend into
-/// any optional field; without the flag it can.
+/// schemars marks every `Option` field nullable; we drop the flag because it
+/// gains nothing and costs something. Nothing is lost: a `null` sent for a
+/// field that is not nullable is still accepted, the API server drops it
+/// before validating and storing the object (so MCM's Go clients, which send
+/// unset pointers as `null`, are served, and the stored object looks as our
+/// types write it: optional fields absent, never `null`). The cost avoided:
+/// the OpenAPI v2 document that API servers still publish (1.37 included, for
+/// clients that read v2) turns every nullable field into an untyped value
+/// without properties or items, hiding everything inside an optional object
+/// (`cpuOptions`, `placement`, ...) from v2 readers. OpenAPI v3, which
+/// current `kubectl explain` reads, is complete either way.
 fn strip_nullable(schema: &mut JSONSchemaProps) {
     schema.nullable = None;
     for child in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
@@ -264,8 +270,12 @@ mod tests {
         }
     }
 
-    /// Nullable fields lose their type in the OpenAPI that Kubernetes 1.20
-    /// publishes, which breaks `kubectl explain` below them.
+    /// See [`strip_nullable`]: a `null` for an optional field is dropped by
+    /// the API server anyway, and nullable fields lose their type and fields
+    /// in the OpenAPI v2 document servers publish. The integration tests
+    /// `class_with_nulls_as_the_go_client_sends_them_is_stored_without_them`
+    /// and `openapi_v2_keeps_the_fields_of_optional_objects` check both on a
+    /// real server.
     #[test]
     fn schemas_have_no_nullable_fields() {
         for crd in all() {

@@ -4,6 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
+use kube::api::{Api, ApiResource, DynamicObject, PostParams};
+use mcm_provider_aws::api::machine_class::MachineClass;
+use mcm_provider_aws::api::provider_spec::AWSProviderSpec;
+use mcm_provider_aws::api::validation::validate_provider_spec;
+
 use crate::support::{env, install_crds, namespace};
 
 fn yaml_files(dir: &Path) -> Vec<PathBuf> {
@@ -68,6 +73,74 @@ async fn sample_class_round_trips_without_pruning() {
             "field {key} changed on the way through the API server"
         );
     }
+}
+
+/// The sample class in namespace `ns`, its `providerSpec` changed by `edit`, as
+/// a client sends it.
+fn sample_class(ns: &str, name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> DynamicObject {
+    let text = std::fs::read_to_string(samples_dir().join("machine-class.yaml")).unwrap();
+    let mut class: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+    class["metadata"] = serde_json::json!({"name": name, "namespace": ns});
+    edit(&mut class["providerSpec"]);
+    serde_json::from_value(class).unwrap()
+}
+
+fn classes(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), ns, &ApiResource::erase::<MachineClass>(&()))
+}
+
+/// MCM's Go types send unset pointers as `null` (here `coreCount` and
+/// `threadsPerCore` next to `amdSevSnp`). The schema does not mark them
+/// nullable, so the server drops the nulls before validating (the CEL rules
+/// see the fields as absent) and stores the class without them.
+#[tokio::test]
+async fn class_with_nulls_as_the_go_client_sends_them_is_stored_without_them() {
+    let client = env().client().await;
+    install_crds(&client).await;
+    let ns = namespace(&client, "null-fields").await;
+    let class = sample_class(&ns, "go-nulls", |spec| {
+        spec["cpuOptions"] =
+            serde_json::json!({"amdSevSnp": "enabled", "coreCount": null, "threadsPerCore": null});
+    });
+    let api = classes(&client, &ns);
+    api.create(&PostParams::default(), &class)
+        .await
+        .unwrap_or_else(|e| panic!("the class with nulls was rejected: {e}"));
+    let stored = api.get("go-nulls").await.unwrap();
+    assert_eq!(
+        stored.data["providerSpec"]["cpuOptions"],
+        serde_json::json!({"amdSevSnp": "enabled"}),
+        "the nulls are dropped, the rest is kept"
+    );
+    let spec: AWSProviderSpec =
+        serde_json::from_value(stored.data["providerSpec"].clone()).unwrap();
+    assert_eq!(validate_provider_spec(&spec), []);
+}
+
+/// MCM's own sample class sets `spotPrice: ""` and `keyName: ""` (no maximum
+/// price, no key pair); both apply and are stored as sent.
+#[tokio::test]
+async fn class_with_empty_spot_price_and_key_name_applies() {
+    let client = env().client().await;
+    install_crds(&client).await;
+    let ns = namespace(&client, "empty-strings").await;
+    let class = sample_class(&ns, "empty-strings", |spec| {
+        spec["spotPrice"] = serde_json::json!("");
+        spec["keyName"] = serde_json::json!("");
+    });
+    let api = classes(&client, &ns);
+    api.create(&PostParams::default(), &class)
+        .await
+        .unwrap_or_else(|e| panic!("the class with empty strings was rejected: {e}"));
+    let stored = api.get("empty-strings").await.unwrap();
+    assert_eq!(
+        stored.data["providerSpec"]["spotPrice"],
+        serde_json::json!("")
+    );
+    assert_eq!(
+        stored.data["providerSpec"]["keyName"],
+        serde_json::json!("")
+    );
 }
 
 fn run_with_stdin(mut cmd: std::process::Command, input: &str) -> serde_json::Value {
