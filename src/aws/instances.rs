@@ -15,6 +15,7 @@ use aws_sdk_ec2::types::{Filter, Instance};
 
 use super::clients::{ClientKey, Ec2Handle};
 use super::errors::{Ec2Error, ErrorClass};
+use super::launch::PostLaunchState;
 use super::tags::{MACHINE_NAME_TAG, MACHINE_UID_TAG};
 
 /// EC2 instance states, as far as machines care.
@@ -59,6 +60,8 @@ pub struct InstanceInfo {
     pub private_dns_name: Option<String>,
     pub availability_zone: Option<String>,
     pub tags: BTreeMap<String, String>,
+    /// Source/destination check and IPv6 prefixes, as EC2 reports them.
+    pub post_launch: PostLaunchState,
 }
 
 impl InstanceInfo {
@@ -101,6 +104,7 @@ impl From<&Instance> for InstanceInfo {
                 .placement()
                 .and_then(|p| p.availability_zone())
                 .map(str::to_string),
+            post_launch: PostLaunchState::from(i),
             tags: i
                 .tags()
                 .iter()
@@ -119,6 +123,17 @@ impl From<&Instance> for InstanceInfo {
 pub fn instance_id_from_provider_id(provider_id: &str) -> Option<&str> {
     let id = provider_id.rsplit('/').next()?;
     id.starts_with("i-").then_some(id)
+}
+
+/// The Region of a providerID this operator wrote (`aws:///<region>/<id>`);
+/// `None` for other shapes (a kubelet writes the zone there, not the Region).
+pub fn region_from_provider_id(provider_id: &str) -> Option<&str> {
+    let rest = provider_id.strip_prefix("aws:///")?;
+    let (region, id) = rest.split_once('/')?;
+    let is_region = region
+        .rsplit_once('-')
+        .is_some_and(|(_, n)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+    (is_region && id.starts_with("i-")).then_some(region)
 }
 
 /// Runs DescribeInstances with `filters` (or `ids`), following every page.
@@ -270,6 +285,20 @@ mod tests {
     fn states_parse_and_gone_means_shutting_down_or_terminated() {
         assert_eq!(InstanceState::parse("running"), InstanceState::Running);
         assert!(InstanceState::parse("terminated").is_gone());
+        assert_eq!(
+            region_from_provider_id("aws:///eu-west-1/i-0123"),
+            Some("eu-west-1")
+        );
+        assert_eq!(
+            region_from_provider_id("aws:///eu-west-1a/i-0123"),
+            None,
+            "a zone"
+        );
+        assert_eq!(
+            region_from_provider_id("aws:///us-gov-west-1/i-1"),
+            Some("us-gov-west-1")
+        );
+        assert_eq!(region_from_provider_id("gce:///x/i-1"), None);
         assert!(InstanceState::parse("shutting-down").is_gone());
         assert!(!InstanceState::parse("stopped").is_gone());
         assert_eq!(InstanceState::parse("weird"), InstanceState::Unknown);

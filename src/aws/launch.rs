@@ -63,9 +63,12 @@ pub struct LaunchContext<'a> {
     pub machine_name: &'a str,
     /// Namespace of the Machine, for the [`tags::MACHINE_NAME_TAG`] tag.
     pub machine_namespace: &'a str,
-    /// UID of the Machine: the `ClientToken` and the [`tags::MACHINE_UID_TAG`]
-    /// tag, which make creation idempotent.
+    /// UID of the Machine: the [`tags::MACHINE_UID_TAG`] tag, which (with the
+    /// `ClientToken`) makes creation idempotent.
     pub machine_uid: &'a str,
+    /// The `ClientToken` of this launch attempt (derived from the Machine UID:
+    /// see `controller::launch_record`).
+    pub client_token: &'a str,
     /// The class's provider spec (assumed to have passed validation; the
     /// builder still never panics on one that did not).
     pub spec: &'a AWSProviderSpec,
@@ -185,7 +188,7 @@ pub fn build_run_instances(
         .instance_type(InstanceType::from(spec.machine_type.as_str()))
         .min_count(1)
         .max_count(1)
-        .client_token(tags::client_token(ctx.machine_uid))
+        .client_token(ctx.client_token)
         .set_block_device_mappings(block_device_mappings(ctx)?)
         .set_network_interfaces(Some(network_interfaces(&spec.network_interfaces)?))
         .set_iam_instance_profile(iam_instance_profile(spec))
@@ -722,29 +725,25 @@ impl PostLaunch {
 
     /// The calls still needed for `instance` (as `DescribeInstances` reports
     /// it). An interface is found by its attachment's network card and device
-    /// index; one that is not attached (yet) yields no action, see
-    /// [`PostLaunch::is_complete`]. Prefixes are only ever added: an interface
-    /// with more prefixes than asked for is left alone (MCM would ask EC2 for
-    /// a negative count).
-    pub fn pending(&self, instance: &Instance) -> Vec<PostLaunchAction> {
+    /// index; one that is not attached (yet) yields no action.
+    pub fn pending(&self, instance: &PostLaunchState) -> Vec<PostLaunchAction> {
         let mut actions = Vec::new();
         // EC2 reports true when unset, and MCM assumes so too.
-        if self.disable_src_dst_check && instance.source_dest_check().unwrap_or(true) {
+        if self.disable_src_dst_check && instance.source_dest_check.unwrap_or(true) {
             actions.push(PostLaunchAction::DisableSourceDestCheck);
         }
         for target in &self.ipv6_prefixes {
-            let Some(nic) = attached_interface(instance, target) else {
+            let Some(nic) = instance.interface(target) else {
                 continue;
             };
-            let Some(id) = nic.network_interface_id().filter(|id| !id.is_empty()) else {
+            if nic.id.is_empty() {
                 continue;
-            };
-            let assigned = i32::try_from(nic.ipv6_prefixes().len()).unwrap_or(i32::MAX);
-            if assigned < target.prefix_count {
+            }
+            if nic.ipv6_prefixes < target.prefix_count {
                 actions.push(PostLaunchAction::AssignIpv6Prefixes {
                     interface: target.interface,
-                    network_interface_id: id.to_owned(),
-                    count: target.prefix_count - assigned,
+                    network_interface_id: nic.id.clone(),
+                    count: target.prefix_count - nic.ipv6_prefixes,
                 });
             }
         }
@@ -754,25 +753,86 @@ impl PostLaunch {
     /// Whether `instance` is fully initialized: no call pending and every
     /// interface that needs prefixes is attached. Until then the Machine is
     /// not Running (MCM's `Uninitialized`).
-    pub fn is_complete(&self, instance: &Instance) -> bool {
+    pub fn is_complete(&self, instance: &PostLaunchState) -> bool {
         self.pending(instance).is_empty()
             && self
                 .ipv6_prefixes
                 .iter()
-                .all(|target| attached_interface(instance, target).is_some())
+                .all(|target| instance.interface(target).is_some())
     }
 }
 
-fn attached_interface<'i>(
-    instance: &'i Instance,
-    target: &Ipv6PrefixTarget,
-) -> Option<&'i aws_sdk_ec2::types::InstanceNetworkInterface> {
-    instance.network_interfaces().iter().find(|nic| {
-        nic.attachment().is_some_and(|a| {
-            a.device_index() == Some(target.device_index)
-                && a.network_card_index().unwrap_or(0) == target.network_card_index
+/// What EC2 reports of an instance's post-launch settings: kept in the shared
+/// instance view, so checking them costs no call.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PostLaunchState {
+    /// `sourceDestCheck` (EC2 omits it for some instance kinds: true).
+    pub source_dest_check: Option<bool>,
+    /// The attached network interfaces.
+    pub interfaces: Vec<AttachedInterface>,
+}
+
+/// One attached network interface, as far as IPv6 prefixes go.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AttachedInterface {
+    pub network_card_index: i32,
+    pub device_index: i32,
+    pub id: String,
+    /// IPv6 prefixes assigned to it.
+    pub ipv6_prefixes: i32,
+}
+
+impl From<&Instance> for PostLaunchState {
+    fn from(i: &Instance) -> Self {
+        let interfaces = i
+            .network_interfaces()
+            .iter()
+            .filter_map(|nic| {
+                let a = nic.attachment()?;
+                Some(AttachedInterface {
+                    network_card_index: a.network_card_index().unwrap_or(0),
+                    device_index: a.device_index()?,
+                    id: nic.network_interface_id().unwrap_or_default().to_string(),
+                    ipv6_prefixes: i32::try_from(nic.ipv6_prefixes().len()).unwrap_or(i32::MAX),
+                })
+            })
+            .collect();
+        PostLaunchState {
+            source_dest_check: i.source_dest_check(),
+            interfaces,
+        }
+    }
+}
+
+impl PostLaunchState {
+    fn interface(&self, target: &Ipv6PrefixTarget) -> Option<&AttachedInterface> {
+        self.interfaces.iter().find(|nic| {
+            nic.device_index == target.device_index
+                && nic.network_card_index == target.network_card_index
         })
-    })
+    }
+
+    /// The state after `actions` succeeded (until EC2's next report).
+    pub fn apply(&mut self, actions: &[PostLaunchAction]) {
+        for action in actions {
+            match action {
+                PostLaunchAction::DisableSourceDestCheck => self.source_dest_check = Some(false),
+                PostLaunchAction::AssignIpv6Prefixes {
+                    network_interface_id,
+                    count,
+                    ..
+                } => {
+                    if let Some(nic) = self
+                        .interfaces
+                        .iter_mut()
+                        .find(|n| &n.id == network_interface_id)
+                    {
+                        nic.ipv6_prefixes = nic.ipv6_prefixes.saturating_add(*count);
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -853,6 +913,7 @@ mod tests {
             machine_name: "worker-a",
             machine_namespace: "shoot--x",
             machine_uid: UID,
+            client_token: UID,
             spec,
             user_data: None,
             root_device_name: Some("/dev/xvda"),
@@ -1451,14 +1512,14 @@ mod tests {
         for unknown_or_on in [None, Some(true)] {
             let instance = instance_with(unknown_or_on, vec![]);
             assert_eq!(
-                post.pending(&instance),
+                post.pending(&PostLaunchState::from(&instance)),
                 [PostLaunchAction::DisableSourceDestCheck]
             );
-            assert!(!post.is_complete(&instance));
+            assert!(!post.is_complete(&PostLaunchState::from(&instance)));
         }
         let done = instance_with(Some(false), vec![]);
-        assert!(post.pending(&done).is_empty());
-        assert!(post.is_complete(&done));
+        assert!(post.pending(&PostLaunchState::from(&done)).is_empty());
+        assert!(post.is_complete(&PostLaunchState::from(&done)));
     }
 
     #[test]
@@ -1502,7 +1563,7 @@ mod tests {
             ],
         );
         assert_eq!(
-            post.pending(&fresh),
+            post.pending(&PostLaunchState::from(&fresh)),
             [
                 PostLaunchAction::AssignIpv6Prefixes {
                     interface: 1,
@@ -1525,11 +1586,17 @@ mod tests {
                 attached("eni-2", Some(1), 0, 1),
             ],
         );
-        assert!(post.pending(&done).is_empty(), "never a negative count");
-        assert!(post.is_complete(&done));
+        assert!(
+            post.pending(&PostLaunchState::from(&done)).is_empty(),
+            "never a negative count"
+        );
+        assert!(post.is_complete(&PostLaunchState::from(&done)));
 
         let not_attached = instance_with(Some(true), vec![attached("eni-0", None, 0, 0)]);
-        assert!(post.pending(&not_attached).is_empty());
-        assert!(!post.is_complete(&not_attached));
+        assert!(
+            post.pending(&PostLaunchState::from(&not_attached))
+                .is_empty()
+        );
+        assert!(!post.is_complete(&PostLaunchState::from(&not_attached)));
     }
 }

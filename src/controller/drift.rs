@@ -349,6 +349,45 @@ pub async fn load_class(client: &Client, ns: &str, name: &str) -> Result<LoadedC
     Ok(LoadedClass { class, secret_data })
 }
 
+/// The Secrets (`namespace/name`) whose merged data a class uses, in merge
+/// order (`secretRef`, then `credentialsSecretRef`; the latter wins).
+pub fn secret_refs(class: &MachineClass) -> Vec<String> {
+    let default_ns = class.namespace().unwrap_or_default();
+    [
+        class.secret_ref.as_ref(),
+        class.credentials_secret_ref.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|r| {
+        let ns = r
+            .namespace
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .unwrap_or(&default_ns);
+        format!("{ns}/{}", r.name.as_deref().unwrap_or_default())
+    })
+    .collect()
+}
+
+/// The merged data of Secrets named as [`secret_refs`] names them (later
+/// ones win). A missing Secret is [`Error::Invalid`] naming it.
+pub async fn load_secret_data(
+    client: &Client,
+    refs: &[String],
+) -> Result<BTreeMap<String, ByteString>> {
+    let mut merged = BTreeMap::new();
+    for r in refs {
+        let (ns, name) = r.split_once('/').unwrap_or(("", r));
+        let secret = Api::<Secret>::namespaced(client.clone(), ns)
+            .get_opt(name)
+            .await?
+            .ok_or_else(|| Error::Invalid(format!("Secret {r} (recorded at launch) not found")))?;
+        merged.extend(merge_secret_data(Some(&secret), None));
+    }
+    Ok(merged)
+}
+
 async fn get_secret(
     client: &Client,
     default_ns: &str,

@@ -32,6 +32,7 @@ use super::drift::{
 };
 use super::error::{Error, Result};
 use super::events::publish;
+use super::launch_record::{self, LaunchRecord, StaleToken};
 use super::ownership;
 use super::phase::{self, InstanceHealth, NodeHealth, Timeouts};
 use crate::api::machine::{Machine, MachineStatus, NODE_LABEL};
@@ -135,9 +136,19 @@ async fn resolve(m: &Machine, ctx: &Context) -> Result<Resolved> {
 // ---------------------------------------------------------------- apply
 
 async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
-    let resolved = match resolve(m, ctx).await {
-        Ok(r) => r,
-        Err(e @ Error::Invalid(_)) => {
+    let resolved = resolve(m, ctx).await;
+    let home = home(m, ctx, resolved.as_ref().ok()).await?;
+    let (resolved, home) = match (resolved, home) {
+        (Ok(r), home) => (r, home),
+        // A class that went bad after the launch: the instance still lives
+        // where it was launched, so health checks go on and the last good
+        // status stays; only new launches wait for the class to be fixed.
+        (Err(Error::Invalid(problem)), Some((handle, region))) => {
+            warn!(machine = %m.name_any(), %problem, "class unusable; watching the existing instance only");
+            let instance = locate(m, &handle, ctx).await?;
+            return observe(m, ctx, instance.as_ref(), &region, None).await;
+        }
+        (Err(e @ Error::Invalid(_)), None) => {
             report_failure(
                 m,
                 ctx,
@@ -149,22 +160,34 @@ async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
             .await?;
             return Err(e);
         }
-        Err(e) => return Err(e),
+        (Err(e), _) => return Err(e),
     };
-    let region = resolved.class.provider_spec.region.clone();
+    let (handle, region) = match home {
+        Some(home) => home,
+        None => (
+            resolved.handle.clone(),
+            resolved.class.provider_spec.region.clone(),
+        ),
+    };
 
-    let instance = match locate(m, &resolved.handle, ctx).await? {
+    let instance = match locate(m, &handle, ctx).await? {
         Some(i) => i,
         None if m.spec.provider_id.is_some() => {
             // EC2's reads are eventually consistent: a just-launched instance
             // can be missing from DescribeInstances for a little while.
-            if just_launched(m) {
+            if launch_within_grace(m) {
                 return Ok(Action::requeue(RECHECK_SOON));
             }
             // The instance we launched is gone from EC2 altogether.
             return observe(m, ctx, None, &region, None).await;
         }
+        // Failed without an instance (its creation timed out): the set
+        // replaces it; nothing more to launch.
+        None if m.phase() == Some(MachinePhase::Failed) => return Ok(Action::await_change()),
         None => {
+            if let Some(action) = creation_timed_out(m, ctx).await? {
+                return Ok(action);
+            }
             let uid = m.uid().unwrap_or_default();
             let class_version = class_version(&resolved.class);
             if let Some(wait) = ctx.creation_held(&uid, &class_version) {
@@ -178,10 +201,135 @@ async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
     let recorded = launch_record(m, &resolved);
     ensure_identity(m, ctx, &instance, &region, &recorded).await?;
     if !instance.state.is_gone() {
-        sync_tags(m, ctx, &resolved, &instance, &recorded).await?;
+        sync_tags(m, ctx, &resolved, &handle, &instance, &recorded).await?;
+        if instance.state == InstanceState::Running {
+            ensure_post_launch(ctx, &handle, &instance, &resolved.class.provider_spec).await?;
+        }
     }
     let drift = drift_condition(m, &resolved, &recorded);
     observe(m, ctx, Some(&instance), &region, Some(drift)).await
+}
+
+/// Where the Machine's instance lives, when a launch was ever attempted: the
+/// Region and Secrets of its [`LaunchRecord`], else (machines launched before
+/// records existed) the Region of its providerID with the class's Secrets.
+/// `resolved`, when the class could be loaded, saves reading its Secrets again.
+async fn home(
+    m: &Machine,
+    ctx: &Context,
+    resolved: Option<&Resolved>,
+) -> Result<Option<(Ec2Handle, String)>> {
+    let record = LaunchRecord::from_annotations(m.annotations());
+    let provider_region = m
+        .spec
+        .provider_id
+        .as_deref()
+        .and_then(instances::region_from_provider_id);
+    let Some(region) = record
+        .as_ref()
+        .map(|r| r.region.clone())
+        .or_else(|| provider_region.map(str::to_string))
+    else {
+        return Ok(None);
+    };
+    let class_refs = match resolved {
+        Some(r) => Some(drift::secret_refs(&r.class)),
+        None => {
+            Api::<MachineClass>::namespaced(ctx.client.clone(), &m.namespace().unwrap_or_default())
+                .get_opt(&m.spec.class.name)
+                .await?
+                .map(|c| drift::secret_refs(&c))
+        }
+    };
+    let refs = match (&record, class_refs) {
+        (Some(r), _) => r.secrets.clone(),
+        (None, Some(refs)) => refs,
+        (None, None) => {
+            return Err(Error::Invalid(format!(
+                "MachineClass {} (spec.class.name) not found, and the Machine has no launch record",
+                m.spec.class.name
+            )));
+        }
+    };
+    let data = match resolved {
+        Some(r) if drift::secret_refs(&r.class) == refs => r.secret_data.clone(),
+        _ => drift::load_secret_data(&ctx.client, &refs).await?,
+    };
+    let source = CredentialSource::from_secret_data(&data);
+    Ok(Some((ctx.ec2.get(&source, &region).await, region)))
+}
+
+/// Whether the Machine's launch (its record, else its creation) is recent
+/// enough that its instance may still be invisible to EC2's reads.
+fn launch_within_grace(m: &Machine) -> bool {
+    let now = Timestamp::now();
+    match LaunchRecord::from_annotations(m.annotations()) {
+        Some(r) => r.within_grace(now),
+        None => m
+            .creation_timestamp()
+            .is_some_and(|t| launch_record::since(t.0, now) < launch_record::VISIBILITY_GRACE),
+    }
+}
+
+/// A Machine without an instance whose creation timeout has passed is
+/// Failed (its set replaces it), however its launches failed.
+async fn creation_timed_out(m: &Machine, ctx: &Context) -> Result<Option<Action>> {
+    let phase = m.phase();
+    if !matches!(
+        phase,
+        None | Some(MachinePhase::Pending) | Some(MachinePhase::CrashLoopBackOff)
+    ) {
+        return Ok(None);
+    }
+    let timeout = timeouts(m, ctx).creation;
+    let age = m
+        .creation_timestamp()
+        .map(|t| launch_record::since(t.0, Timestamp::now()))
+        .unwrap_or_default();
+    if age < timeout {
+        return Ok(None);
+    }
+    let old = m.status.clone().unwrap_or_default();
+    let mut status = old.clone();
+    let previous = old.last_operation.description.clone();
+    let description = format!(
+        "Machine has no instance after its creation timeout of {}; last: {previous}",
+        humantime_minutes(timeout)
+    );
+    status.current_status = CurrentStatus {
+        phase: Some(MachinePhase::Failed),
+        timeout_active: false,
+        last_update_time: Some(Time(Timestamp::now())),
+        ..old.current_status.clone()
+    };
+    status.last_operation = LastOperation {
+        description: description.clone(),
+        error_code: old.last_operation.error_code.clone(),
+        last_update_time: Some(Time(Timestamp::now())),
+        state: Some(MachineState::Failed),
+        type_: Some(MachineOperationType::Create),
+    };
+    write_status(m, ctx, &old, status).await?;
+    publish(
+        ctx,
+        m,
+        EventType::Warning,
+        "CreationTimeout",
+        "Create",
+        description,
+    )
+    .await;
+    Ok(Some(Action::await_change()))
+}
+
+/// `20m`, `1h30m`: a timeout as users write it.
+fn humantime_minutes(d: Duration) -> String {
+    let minutes = d.as_secs() / 60;
+    match (minutes / 60, minutes % 60) {
+        (0, m) => format!("{m}m"),
+        (h, 0) => format!("{h}h"),
+        (h, m) => format!("{h}h{m}m"),
+    }
 }
 
 /// The drift annotations the Machine has, or, where missing, those of the
@@ -239,6 +387,7 @@ async fn sync_tags(
     m: &Machine,
     ctx: &Context,
     r: &Resolved,
+    handle: &Ec2Handle,
     instance: &InstanceInfo,
     recorded: &BTreeMap<String, String>,
 ) -> Result<()> {
@@ -247,20 +396,19 @@ async fn sync_tags(
     let plan = drift::tag_plan(&instance.tags, class_tags, applied);
     if !plan.is_empty() {
         let mut resources = vec![instance.id.clone()];
-        resources.extend(attached_resources(&r.handle, &instance.id).await?);
+        resources.extend(attached_resources(handle, &instance.id).await?);
         if !plan.set.is_empty() {
             let tags: Vec<aws_sdk_ec2::types::Tag> = plan
                 .set
                 .iter()
                 .map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build())
                 .collect();
-            let req = r
-                .handle
+            let req = handle
                 .client
                 .create_tags()
                 .set_resources(Some(resources.clone()))
                 .set_tags(Some(tags));
-            r.handle.call("CreateTags", req.send()).await?;
+            handle.call("CreateTags", req.send()).await?;
         }
         if !plan.remove.is_empty() {
             let tags: Vec<aws_sdk_ec2::types::Tag> = plan
@@ -268,20 +416,19 @@ async fn sync_tags(
                 .iter()
                 .map(|k| aws_sdk_ec2::types::Tag::builder().key(k).build())
                 .collect();
-            let req = r
-                .handle
+            let req = handle
                 .client
                 .delete_tags()
                 .set_resources(Some(resources))
                 .set_tags(Some(tags));
-            r.handle.call("DeleteTags", req.send()).await?;
+            handle.call("DeleteTags", req.send()).await?;
         }
         let mut updated = instance.clone();
         updated.tags.extend(plan.set.clone());
         for key in &plan.remove {
             updated.tags.remove(key);
         }
-        ctx.instances.record(&r.handle.key, updated).await;
+        ctx.instances.record(&handle.key, updated).await;
         info!(machine = %m.name_any(), set = ?plan.set.keys().collect::<Vec<_>>(), removed = ?plan.remove, "updated instance tags in place");
         publish(
             ctx,
@@ -335,24 +482,6 @@ async fn attached_resources(handle: &Ec2Handle, id: &str) -> Result<Vec<String>>
         .collect())
 }
 
-/// A Machine still waiting for its first node, created less than
-/// [`LAUNCH_VISIBILITY_GRACE`] ago.
-fn just_launched(m: &Machine) -> bool {
-    let waiting = matches!(
-        m.phase(),
-        None | Some(MachinePhase::Pending) | Some(MachinePhase::CrashLoopBackOff)
-    );
-    let age = m
-        .creation_timestamp()
-        .and_then(|t| Duration::try_from(Timestamp::now().duration_since(t.0)).ok())
-        .unwrap_or_default();
-    waiting && age < LAUNCH_VISIBILITY_GRACE
-}
-
-/// How long a launched instance may be invisible to DescribeInstances before
-/// the Machine is considered to have lost it.
-const LAUNCH_VISIBILITY_GRACE: Duration = Duration::from_secs(5 * 60);
-
 /// Finds the Machine's instance: by providerID through the shared view, else
 /// (never launched, or launched by a process that died before recording it)
 /// by the Machine-UID tag, asking EC2 directly.
@@ -399,10 +528,18 @@ async fn create(m: &Machine, ctx: &Context, r: &Resolved) -> Result<Action> {
         .and_then(|a| a.get(PLACEMENT_ANNOTATION))
         .or_else(|| m.annotations().get(PLACEMENT_ANNOTATION))
         .map(String::as_str);
+    let Some(record) = record_launch(m, ctx, r).await? else {
+        return Ok(Action::requeue(RECHECK_SOON));
+    };
+    if let Some(wait) = record.wait_before_call(Timestamp::now()) {
+        return Ok(Action::requeue(wait.min(RECHECK_SOON * 6)));
+    }
+    let token = record.client_token(&uid);
     let launch = LaunchContext {
         machine_name: &name,
         machine_namespace: &ns,
         machine_uid: &uid,
+        client_token: &token,
         spec,
         user_data: user_data.as_deref(),
         root_device_name: root.as_deref(),
@@ -438,7 +575,18 @@ async fn create(m: &Machine, ctx: &Context, r: &Resolved) -> Result<Action> {
         .await
     {
         Ok(out) => out,
-        Err(e) => return Err(launch_failed(m, ctx, r, e).await),
+        Err(e) => {
+            if let Some(stale) = StaleToken::of(e.code.as_deref()) {
+                // EC2 will not honour this token again: continue under a new
+                // one (after a mismatch, only once an instance launched
+                // under the old one had the time to show up and be adopted).
+                let next = stale.next_record(&record, Timestamp::now());
+                info!(machine = %name, code = ?e.code, attempt = next.attempt, "stale ClientToken: next launch attempt");
+                write_launch_record(m, ctx, &next).await?;
+                return Ok(Action::requeue(RECHECK_SOON));
+            }
+            return Err(launch_failed(m, ctx, r, e).await);
+        }
     };
     let Some(instance) = out.instances().first().map(InstanceInfo::from) else {
         return Err(Error::Invalid("RunInstances returned no instance".into()));
@@ -465,11 +613,81 @@ async fn create(m: &Machine, ctx: &Context, r: &Resolved) -> Result<Action> {
     )
     .await;
 
-    // MCM's InitializeMachine: settings EC2 only takes after launch.
-    if let Some(launched) = out.instances().first() {
-        initialize(&r.handle, &instance.id, launched, spec).await?;
-    }
+    // Settings EC2 only takes after launch (MCM's InitializeMachine) follow
+    // on the next passes, from what EC2 reports (`ensure_post_launch`).
     Ok(Action::requeue(RECHECK_SOON))
+}
+
+/// The launch record for the call about to be made, written to the Machine
+/// *before* the call (see [`launch_record`]): the same token as the last
+/// call when the class still launches in the same Region with the same
+/// Secrets, a new attempt otherwise. `None`: an attempt elsewhere may still
+/// have an invisible instance; wait.
+async fn record_launch(m: &Machine, ctx: &Context, r: &Resolved) -> Result<Option<LaunchRecord>> {
+    let now = Timestamp::now();
+    let region = r.class.provider_spec.region.clone();
+    let secrets = drift::secret_refs(&r.class);
+    let record = match LaunchRecord::from_annotations(m.annotations()) {
+        Some(rec) if rec.region == region && rec.secrets == secrets => {
+            if rec.wait_before_call(now).is_some() {
+                return Ok(Some(rec));
+            }
+            LaunchRecord {
+                started: now,
+                ..rec
+            }
+        }
+        Some(rec) if rec.within_grace(now) => return Ok(None),
+        Some(rec) => LaunchRecord {
+            region,
+            secrets,
+            ..rec.next_attempt(now)
+        },
+        None => LaunchRecord {
+            attempt: 0,
+            region,
+            secrets,
+            started: now,
+            not_before: None,
+        },
+    };
+    write_launch_record(m, ctx, &record).await?;
+    Ok(Some(record))
+}
+
+async fn write_launch_record(m: &Machine, ctx: &Context, record: &LaunchRecord) -> Result<()> {
+    let patch = json!({"metadata": {"annotations": {
+        launch_record::LAUNCH_ANNOTATION: record.to_annotation(),
+    }}});
+    machines(ctx, m)
+        .patch(
+            &m.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Applies what EC2 only accepts after launch (source/destination check,
+/// IPv6 prefixes) until EC2 shows it, from the shared instance view: no call
+/// when it already holds. The view is updated with what was applied, so a
+/// pass before the next refresh does not assign prefixes twice.
+async fn ensure_post_launch(
+    ctx: &Context,
+    handle: &Ec2Handle,
+    instance: &InstanceInfo,
+    spec: &crate::api::provider_spec::AWSProviderSpec,
+) -> Result<()> {
+    let actions = post_launch_actions(spec).pending(&instance.post_launch);
+    if actions.is_empty() {
+        return Ok(());
+    }
+    initialize(handle, &instance.id, &actions).await?;
+    let mut updated = instance.clone();
+    updated.post_launch.apply(&actions);
+    ctx.instances.record(&handle.key, updated).await;
+    Ok(())
 }
 
 /// What identifies a version of the class for the creation hold: its
@@ -482,13 +700,8 @@ fn class_version(class: &MachineClass) -> String {
 /// Applies what EC2 only accepts after launch (source/destination check,
 /// IPv6 prefixes), comparing the spec with the launched instance so that a
 /// repeat does nothing twice.
-async fn initialize(
-    handle: &Ec2Handle,
-    id: &str,
-    launched: &aws_sdk_ec2::types::Instance,
-    spec: &crate::api::provider_spec::AWSProviderSpec,
-) -> Result<()> {
-    for action in post_launch_actions(spec).pending(launched) {
+async fn initialize(handle: &Ec2Handle, id: &str, actions: &[PostLaunchAction]) -> Result<()> {
+    for action in actions {
         match action {
             PostLaunchAction::DisableSourceDestCheck => {
                 let off = aws_sdk_ec2::types::AttributeBooleanValue::builder()
@@ -510,7 +723,7 @@ async fn initialize(
                     .client
                     .assign_ipv6_addresses()
                     .network_interface_id(network_interface_id)
-                    .ipv6_prefix_count(count);
+                    .ipv6_prefix_count(*count);
                 handle.call("AssignIpv6Addresses", req.send()).await?;
             }
         }
@@ -910,6 +1123,17 @@ async fn report_failure(
             type_: Some(op),
         };
     }
+    // A deletion is Terminating whatever this pass's snapshot still says.
+    if op == MachineOperationType::Delete
+        && old.current_status.phase != Some(MachinePhase::Terminating)
+    {
+        status.current_status = CurrentStatus {
+            phase: Some(MachinePhase::Terminating),
+            timeout_active: false,
+            last_update_time: Some(Time(Timestamp::now())),
+            ..old.current_status.clone()
+        };
+    }
     if op == MachineOperationType::Create {
         let phase = old.current_status.phase;
         if phase.is_none() || phase == Some(MachinePhase::Pending) {
@@ -984,11 +1208,16 @@ async fn cleanup(m: &Machine, ctx: &Context) -> Result<Action> {
         mark_terminating(m, ctx, "Deleting the machine").await?;
     }
 
-    let resolved = match resolve(m, ctx).await {
-        Ok(r) => Some(r),
+    // Where its instance lives, as recorded at launch: neither a class edit
+    // (Region, credentials) nor a class gone bad sends the termination
+    // elsewhere or blocks it.
+    let handle = match home(m, ctx, None).await? {
+        Some((handle, _)) => Some(handle),
         // Never launched: nothing in EC2 can belong to it.
-        Err(Error::Invalid(_)) if m.spec.provider_id.is_none() && never_launched(m) => None,
-        Err(e) => return Err(e),
+        None if never_launched(m) => None,
+        // Launched by a version that kept no record and crashed before the
+        // providerID: the class tells where.
+        None => Some(resolve(m, ctx).await?.handle),
     };
 
     // 1. Cordon and drain the Node, if there is one.
@@ -1002,17 +1231,27 @@ async fn cleanup(m: &Machine, ctx: &Context) -> Result<Action> {
     }
 
     // 2. Terminate every instance of this Machine and wait for EC2 to agree.
-    if let Some(r) = &resolved {
-        let mut found = instances::by_machine_uid(&r.handle, &uid).await?;
+    if let Some(handle) = &handle {
+        let mut found = instances::by_machine_uid(handle, &uid).await?;
         if let Some(id) = m
             .spec
             .provider_id
             .as_deref()
             .and_then(instance_id_from_provider_id)
             && !found.iter().any(|i| i.id == id)
-            && let Some(i) = instances::by_id(&r.handle, id).await?
+            && let Some(i) = instances::by_id(handle, id).await?
         {
             found.push(i);
+        }
+        // Nothing visible is not nothing there: EC2's reads lag its writes.
+        // Gone means EC2 says `terminated`, or nothing shows up long after
+        // the last launch call.
+        if found.is_empty() && launch_may_be_pending(m) {
+            mark_terminating(m, ctx, "Waiting for EC2 to show the instance launched last").await?;
+            return Err(Error::Waiting {
+                what: "waiting for a just-launched instance to become visible".into(),
+                retry_after: RECHECK_SOON,
+            });
         }
         let alive: Vec<String> = found
             .iter()
@@ -1020,13 +1259,11 @@ async fn cleanup(m: &Machine, ctx: &Context) -> Result<Action> {
             .map(|i| i.id.clone())
             .collect();
         if !alive.is_empty() {
-            let req = r
-                .handle
+            let req = handle
                 .client
                 .terminate_instances()
                 .set_instance_ids(Some(alive.clone()));
-            match r
-                .handle
+            match handle
                 .call_instances("TerminateInstances", alive.len(), req.send())
                 .await
             {
@@ -1110,9 +1347,44 @@ async fn cleanup(m: &Machine, ctx: &Context) -> Result<Action> {
     Ok(Action::await_change())
 }
 
-/// No create was ever attempted for this Machine (no phase beyond an invalid
-/// configuration report).
+/// An instance of this Machine may exist that EC2 does not show yet: its
+/// last launch call is less than [`launch_record::VISIBILITY_GRACE`] old and
+/// was not refused since (a refusal answered after the call means nothing
+/// was launched).
+fn launch_may_be_pending(m: &Machine) -> bool {
+    let Some(record) = LaunchRecord::from_annotations(m.annotations()) else {
+        return false;
+    };
+    if !record.within_grace(Timestamp::now()) {
+        return false;
+    }
+    let refused_since = m.status.as_ref().is_some_and(|s| {
+        let op = &s.last_operation;
+        op.type_ == Some(MachineOperationType::Create)
+            && op.state == Some(MachineState::Failed)
+            && matches!(
+                op.error_code.as_deref(),
+                Some(
+                    "InvalidArgument"
+                        | "ResourceExhausted"
+                        | "Unauthenticated"
+                        | "PermissionDenied"
+                )
+            )
+            && op
+                .last_update_time
+                .as_ref()
+                .is_some_and(|t| t.0 >= record.started)
+    });
+    !refused_since
+}
+
+/// No create was ever attempted for this Machine: no launch record, and no
+/// phase beyond an invalid configuration report.
 fn never_launched(m: &Machine) -> bool {
+    if LaunchRecord::from_annotations(m.annotations()).is_some() {
+        return false;
+    }
     m.status.as_ref().is_none_or(|s| {
         s.current_status.phase.is_none()
             || (s.last_operation.type_ == Some(MachineOperationType::Create)

@@ -9,6 +9,7 @@ pub mod drift;
 pub mod error;
 pub mod events;
 pub mod fleet;
+pub mod launch_record;
 pub mod machine;
 pub mod machine_deployment;
 pub mod machine_set;

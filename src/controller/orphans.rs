@@ -197,6 +197,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            post_launch: Default::default(),
         }
     }
 
