@@ -14,6 +14,8 @@ use std::fmt;
 
 use k8s_openapi::ByteString;
 
+use crate::aws::tags::{MACHINE_NAME_TAG, MACHINE_UID_TAG, NAME_TAG};
+
 use super::provider_spec::{
     AWSBlockDeviceMappingSpec, AWSCapacityReservationTargetSpec, AWSNetworkInterfaceSpec,
     AWSPlacementSpec, AWSProviderSpec, Affinity, CLUSTER_TAG_PREFIX, CPUOptions,
@@ -387,6 +389,13 @@ fn validate_spot_price(spec: &AWSProviderSpec, errs: &mut Errors) {
     }
 }
 
+/// EC2's limit of tags on one resource (instance, volume, interface).
+pub const MAX_TAGS_PER_RESOURCE: usize = 50;
+
+/// The tags the operator puts on every instance besides the class's
+/// (`Name`, `machine.sapcloud.io/machine-uid`, `machine.sapcloud.io/machine`).
+const OPERATOR_TAGS: [&str; 3] = [NAME_TAG, MACHINE_UID_TAG, MACHINE_NAME_TAG];
+
 fn validate_tags(tags: &BTreeMap<String, String>, errs: &mut Errors) {
     let base = format!("{SPEC}.tags");
     // MCM's lookup: a key counts as the role tag only if it is not a cluster tag.
@@ -412,7 +421,23 @@ fn validate_tags(tags: &BTreeMap<String, String>, errs: &mut Errors) {
             ),
         );
     }
-    // EC2's tag limits.
+    // EC2's tag limits: 50 tags per resource, the operator's own included.
+    let own = OPERATOR_TAGS.len();
+    let user = tags
+        .keys()
+        .filter(|k| !OPERATOR_TAGS.contains(&k.as_str()))
+        .count();
+    if user + own > MAX_TAGS_PER_RESOURCE {
+        errs.invalid(
+            base.clone(),
+            format!(
+                "at most {} tags: EC2 allows {MAX_TAGS_PER_RESOURCE} per resource and the \
+                 operator adds {} itself (found {user})",
+                MAX_TAGS_PER_RESOURCE - own,
+                OPERATOR_TAGS.join(", ")
+            ),
+        );
+    }
     for (key, value) in tags {
         let path = format!("{base}[{key}]");
         if key.is_empty() || key.chars().count() > 128 {
@@ -1107,6 +1132,15 @@ mod tests {
                     "Invalid providerSpec.tags[aws:reserved]",
                     "Invalid providerSpec.tags[long]",
                 ],
+            ),
+            (
+                "more tags than EC2 allows beside the operator's three",
+                |s| {
+                    for i in 0..46 {
+                        s.tags.insert(format!("t{i}"), "v".into());
+                    }
+                },
+                &["Invalid providerSpec.tags"],
             ),
             (
                 "hop limit out of range",

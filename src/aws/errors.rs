@@ -216,6 +216,8 @@ const INVALID_INPUT_CODES: &[&str] = &[
     "MalformedQueryString",
     // e.g. termination protection (`disableApiTermination`) is on.
     "OperationNotPermitted",
+    // Too many tags on a resource: the class asks for it, no capacity waits.
+    "TagLimitExceeded",
 ];
 
 /// Classifies an AWS error from its error code and HTTP status.
@@ -250,6 +252,10 @@ fn classify_code(code: &str) -> Option<ErrorClass> {
     if code == "InvalidInstanceID.NotFound" {
         return Some(ErrorClass::NotFound);
     }
+    // Before the `*LimitExceeded` rule: TagLimitExceeded is the class's doing.
+    if INVALID_INPUT_CODES.contains(&code) {
+        return Some(ErrorClass::InvalidInput);
+    }
     if EXHAUSTED_CODES.contains(&code)
         || code.starts_with("Insufficient")
         || code.ends_with("LimitExceeded")
@@ -261,10 +267,7 @@ fn classify_code(code: &str) -> Option<ErrorClass> {
     // `InvalidInstanceID.Malformed` lands here: a providerID we cannot parse
     // into a real ID is bad input. The delete path may decide that such an
     // instance cannot exist and treat it as gone.
-    if INVALID_INPUT_CODES.contains(&code)
-        || code.starts_with("Invalid")
-        || code.starts_with("Missing")
-        || code.starts_with("Unsupported")
+    if code.starts_with("Invalid") || code.starts_with("Missing") || code.starts_with("Unsupported")
     {
         return Some(ErrorClass::InvalidInput);
     }
@@ -447,7 +450,6 @@ mod tests {
             "NetworkInterfaceLimitExceeded",
             "AttachmentLimitExceeded",
             "PrivateIpAddressLimitExceeded",
-            "TagLimitExceeded",
             "MaxSpotInstanceCountExceeded",
             "MaxSpotFleetRequestCountExceeded",
             "VolumeIOPSLimit",
@@ -514,6 +516,8 @@ mod tests {
             "IdempotentParameterMismatch",
             "IdempotentInstanceTerminated",
             "OperationNotPermitted",
+            "TagLimitExceeded",
+            "InvalidParameterValue",
             "UnsupportedOperation",
             "UnsupportedHibernationConfiguration",
         ] {
