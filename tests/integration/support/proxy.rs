@@ -7,6 +7,11 @@
 //! connection, or a delay. Faults follow a deterministic schedule (every Nth
 //! request of an action), so tests are repeatable.
 
+// The pieces the EC2-like behaviours are built from (wired in next).
+mod http;
+mod query;
+mod xml;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
