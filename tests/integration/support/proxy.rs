@@ -1,24 +1,80 @@
-//! A small fault-injecting HTTP proxy in front of the moto EC2 server.
+//! A small HTTP proxy in front of the moto EC2 server that injects faults
+//! and, when asked, behaves like EC2 where moto does not.
 //!
 //! It reads each EC2 query-protocol request (`Action=...` in the form body),
 //! counts it by action, and either forwards it to moto (one upstream
-//! connection per request) or answers with a fault: EC2 throttling
-//! (`RequestLimitExceeded`, HTTP 503), an internal error (HTTP 500), a reset
-//! connection, or a delay. Faults follow a deterministic schedule (every Nth
-//! request of an action), so tests are repeatable.
+//! connection per request) or answers it itself.
+//!
+//! **Faults** ([`FaultProxy::set_rules`]): EC2 throttling
+//! (`RequestLimitExceeded`, HTTP 503), an internal error (HTTP 500), any EC2
+//! error, a reset connection, or a delay. They follow a deterministic
+//! schedule (every Nth request of an action), so tests are repeatable, and
+//! come first: a faulted request reaches nothing else.
+//!
+//! **EC2's behaviour** ([`ProxyBehaviour`], at [`FaultProxy::start_with`] or
+//! any time with [`FaultProxy::set_behaviour`]; all off by default, which is
+//! plain moto). In the order a request meets them:
+//!
+//! 1. Quotas ([`ProxyBehaviour::quotas`], see `proxy/quota.rs`): EC2's
+//!    token buckets per account (access key) and Region, taken from the
+//!    request's SigV4 credential scope. An empty bucket answers
+//!    `RequestLimitExceeded` (HTTP 503) and costs no tokens.
+//! 2. Eventual consistency ([`ProxyBehaviour::consistency_window`], see
+//!    `proxy/consistency.rs`): for the window after a RunInstances response,
+//!    its instances are missing from DescribeInstances results, and calls
+//!    naming them answer `InvalidInstanceID.NotFound` (HTTP 400) without
+//!    reaching moto. Only instances launched through this proxy while the
+//!    switch is on are affected; switching it off makes them all visible
+//!    (on again, those still inside their window hide again).
+//! 3. ClientToken idempotency ([`ProxyBehaviour::client_tokens`], see
+//!    `proxy/idempotency.rs`): a RunInstances repeating a token gets the
+//!    first response (same reservation and instance IDs, also after they
+//!    were terminated, nothing launched) when its parameters match, else
+//!    `IdempotentParameterMismatch` (HTTP 400). Tokens seen while the switch
+//!    is on are remembered for the proxy's lifetime (while it is off,
+//!    repeats simply go to moto, which ignores tokens).
+//!
+//! ```ignore
+//! let proxy = FaultProxy::start_with(moto_url, ProxyBehaviour::default()
+//!     .with_client_tokens()
+//!     .with_consistency_window(Duration::from_secs(4))
+//!     .with_quotas(QuotaConfig::aws().scaled(0.1))).await;
+//! // Or all three at EC2's sizes, on a running Scenario's proxy:
+//! s.proxy.as_ref().unwrap().set_behaviour(ProxyBehaviour::like_ec2());
+//! ```
+//!
+//! **Counters** ([`FaultProxy::stats`]): calls and faults per action,
+//! `RequestLimitExceeded` answered by the quotas, instances launched,
+//! replays and mismatches, and what the consistency window hid. Counting
+//! works with every switch off.
+//!
+//! [`FaultProxy::client`] gives an SDK client through the proxy with the
+//! SDK's retries off, for tests that want to see each answer themselves.
 
-// The pieces the EC2-like behaviours are built from (wired in next).
+mod client;
+mod consistency;
 mod http;
+mod idempotency;
 mod query;
+mod quota;
+mod stats;
 mod xml;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+
+use self::consistency::{Unseen, not_found};
+use self::http::{Request, Response, forward, read_request};
+use self::idempotency::{ClientTokens, Launch, Repeat};
+use self::query::Ec2Request;
+pub use self::quota::QuotaConfig;
+use self::quota::Quotas;
+pub use self::stats::ProxyStats;
 
 /// What to do with a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,11 +116,62 @@ impl Rule {
     }
 }
 
+/// Which of EC2's behaviours the proxy adds to moto's; see the module docs.
+/// `ProxyBehaviour::default()` adds none.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProxyBehaviour {
+    /// RunInstances ClientToken idempotency.
+    pub client_tokens: bool,
+    /// How long new instances stay unknown to other calls.
+    pub consistency_window: Option<Duration>,
+    /// EC2's request and resource token buckets.
+    pub quotas: Option<QuotaConfig>,
+}
+
+impl ProxyBehaviour {
+    /// A consistency window of the order EC2 shows after RunInstances.
+    pub const TYPICAL_WINDOW: Duration = Duration::from_secs(4);
+
+    /// All three, at EC2's sizes: tokens, a [`TYPICAL_WINDOW`](Self::TYPICAL_WINDOW)
+    /// and AWS's default quotas.
+    pub fn like_ec2() -> ProxyBehaviour {
+        ProxyBehaviour::default()
+            .with_client_tokens()
+            .with_consistency_window(Self::TYPICAL_WINDOW)
+            .with_quotas(QuotaConfig::aws())
+    }
+
+    pub fn with_client_tokens(self) -> ProxyBehaviour {
+        ProxyBehaviour {
+            client_tokens: true,
+            ..self
+        }
+    }
+
+    pub fn with_consistency_window(self, window: Duration) -> ProxyBehaviour {
+        ProxyBehaviour {
+            consistency_window: Some(window),
+            ..self
+        }
+    }
+
+    pub fn with_quotas(self, quotas: QuotaConfig) -> ProxyBehaviour {
+        ProxyBehaviour {
+            quotas: Some(quotas),
+            ..self
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
-    calls: BTreeMap<String, u64>,
-    faults: BTreeMap<String, u64>,
+    stats: ProxyStats,
     rules: Vec<Rule>,
+    behaviour: ProxyBehaviour,
+    /// Buckets of `behaviour.quotas`, rebuilt (full) when that changes.
+    quotas: Option<Quotas>,
+    tokens: ClientTokens,
+    unseen: Unseen,
 }
 
 /// A running proxy; stops when dropped.
@@ -83,8 +190,14 @@ impl Drop for FaultProxy {
 
 impl FaultProxy {
     /// Starts a proxy on a free loopback port forwarding to `upstream`
-    /// (`http://127.0.0.1:PORT`).
+    /// (`http://127.0.0.1:PORT`), adding nothing but the counters.
     pub async fn start(upstream: &str) -> FaultProxy {
+        Self::start_with(upstream, ProxyBehaviour::default()).await
+    }
+
+    /// Like [`start`](Self::start), with EC2's `behaviour` from the first
+    /// request on.
+    pub async fn start_with(upstream: &str, behaviour: ProxyBehaviour) -> FaultProxy {
         let upstream = upstream
             .trim_start_matches("http://")
             .trim_end_matches('/')
@@ -105,12 +218,14 @@ impl FaultProxy {
                 });
             }
         });
-        FaultProxy {
+        let proxy = FaultProxy {
             url,
             state,
             seq,
             task,
-        }
+        };
+        proxy.set_behaviour(behaviour);
+        proxy
     }
 
     /// Replaces the fault rules (empty: forward everything).
@@ -118,56 +233,54 @@ impl FaultProxy {
         self.state.lock().unwrap().rules = rules;
     }
 
-    /// Requests seen per EC2 action (forwarded or faulted).
+    /// Switches EC2's behaviours. Changing the quota sizes refills every
+    /// bucket; keeping them keeps the buckets' levels.
+    pub fn set_behaviour(&self, behaviour: ProxyBehaviour) {
+        let mut s = self.state.lock().unwrap();
+        if s.quotas.as_ref().map(Quotas::config) != behaviour.quotas {
+            s.quotas = behaviour.quotas.map(Quotas::new);
+        }
+        s.behaviour = behaviour;
+    }
+
+    pub fn behaviour(&self) -> ProxyBehaviour {
+        self.state.lock().unwrap().behaviour.clone()
+    }
+
+    /// Everything counted so far.
+    pub fn stats(&self) -> ProxyStats {
+        self.state.lock().unwrap().stats.clone()
+    }
+
+    /// Requests seen per EC2 action (forwarded, faulted or answered here).
     pub fn calls(&self) -> BTreeMap<String, u64> {
-        self.state.lock().unwrap().calls.clone()
+        self.stats().calls
     }
 
     /// Faults injected per EC2 action.
     pub fn faults(&self) -> BTreeMap<String, u64> {
-        self.state.lock().unwrap().faults.clone()
+        self.stats().faults
+    }
+
+    /// `RequestLimitExceeded` answered by the quota switch, per action.
+    pub fn throttled(&self) -> BTreeMap<String, u64> {
+        self.stats().throttled
+    }
+
+    /// Instances moto launched through this proxy.
+    pub fn instances_launched(&self) -> u64 {
+        self.stats().instances_launched
     }
 
     pub fn total_calls(&self) -> u64 {
         self.calls().values().sum()
     }
 
+    /// Zeroes the counters (not the tokens, buckets or consistency windows).
     pub fn reset_counts(&self) {
-        let mut s = self.state.lock().unwrap();
-        s.calls.clear();
-        s.faults.clear();
+        self.state.lock().unwrap().stats = ProxyStats::default();
         self.seq.store(0, Ordering::SeqCst);
     }
-}
-
-/// Reads one HTTP/1.1 request (headers + Content-Length body) from `conn`.
-async fn read_request(conn: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let header_end = loop {
-        if let Some(pos) = find(&buf, b"\r\n\r\n") {
-            break pos + 4;
-        }
-        let n = conn.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(None);
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let headers = String::from_utf8_lossy(&buf[..header_end]).to_lowercase();
-    let len: usize = headers
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    while buf.len() < header_end + len {
-        let n = conn.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(None);
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    Ok(Some(buf))
 }
 
 /// A fixed bijective mix of a request number (splitmix64's finalizer).
@@ -177,28 +290,13 @@ fn scramble(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-fn action_of(request: &[u8]) -> String {
-    let text = String::from_utf8_lossy(request);
-    text.split(['&', '\n', '?'])
-        .find_map(|p| p.trim().strip_prefix("Action="))
-        .map(|a| a.split_whitespace().next().unwrap_or(a).to_string())
-        .unwrap_or_else(|| "Unknown".into())
-}
-
-fn error_response(status: &str, code: &str, message: &str) -> Vec<u8> {
-    let body = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code>\
-         <Message>{message}</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>"
-    );
-    format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
+fn throttled() -> Response {
+    Response::ec2_error(
+        503,
+        "Service Unavailable",
+        "RequestLimitExceeded",
+        "Request limit exceeded.",
     )
-    .into_bytes()
 }
 
 async fn serve(
@@ -208,50 +306,19 @@ async fn serve(
     seq: &AtomicU64,
 ) -> std::io::Result<()> {
     while let Some(request) = read_request(&mut conn).await? {
-        let action = action_of(&request);
+        let ec2 = Ec2Request::parse(&request);
         let n = seq.fetch_add(1, Ordering::SeqCst) + 1;
-        let fault = {
-            let mut s = state.lock().unwrap();
-            let of_action = {
-                let c = s.calls.entry(action.clone()).or_default();
-                *c += 1;
-                *c
-            };
-            let fault = s
-                .rules
-                .iter()
-                .find(|r| {
-                    let count = match r.action {
-                        Some(a) if a == action => of_action,
-                        Some(_) => return false,
-                        None => scramble(n ^ (r.every << 32)),
-                    };
-                    r.every > 0 && count.is_multiple_of(r.every)
-                })
-                .map(|r| r.fault);
-            if fault.is_some() {
-                *s.faults.entry(action.clone()).or_default() += 1;
-            }
-            fault
-        };
-        match fault {
-            Some(Fault::Throttle) => {
-                conn.write_all(&error_response(
-                    "503 Service Unavailable",
-                    "RequestLimitExceeded",
-                    "Request limit exceeded.",
-                ))
-                .await?;
-                continue;
-            }
-            Some(Fault::ServerError) => {
-                conn.write_all(&error_response(
-                    "500 Internal Server Error",
-                    "InternalError",
-                    "An internal error has occurred.",
-                ))
-                .await?;
-                continue;
+        let fault = state.lock().unwrap().fault_for(&ec2.action, n);
+        let response = match fault {
+            Some(Fault::Throttle) => throttled(),
+            Some(Fault::ServerError) => Response::ec2_error(
+                500,
+                "Internal Server Error",
+                "InternalError",
+                "An internal error has occurred.",
+            ),
+            Some(Fault::Error(status, code)) => {
+                Response::ec2_error(status, "Error", code, &format!("Injected {code}"))
             }
             Some(Fault::Reset) => {
                 // Deprecated because linger 0 blocks nothing here: it is
@@ -260,82 +327,143 @@ async fn serve(
                 conn.set_linger(Some(Duration::ZERO))?;
                 return Ok(()); // dropped with linger 0: the client sees a reset
             }
-            Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
-            Some(Fault::Error(status, code)) => {
-                let line = format!("{status} Error");
-                conn.write_all(&error_response(&line, code, &format!("Injected {code}")))
-                    .await?;
-                continue;
+            Some(Fault::Delay(d)) => {
+                tokio::time::sleep(d).await;
+                answer(upstream, &request, &ec2, state).await?
             }
-            None => {}
-        }
-        let response = forward(upstream, &request).await?;
-        conn.write_all(&response).await?;
-        if find(&response, b"\r\n\r\n").is_some_and(|end| {
-            String::from_utf8_lossy(&response[..end])
-                .to_lowercase()
-                .contains("connection: close")
-        }) {
-            return Ok(());
-        }
+            None => answer(upstream, &request, &ec2, state).await?,
+        };
+        conn.write_all(&response.to_bytes()).await?;
     }
     Ok(())
 }
 
-/// Sends one request upstream with `Connection: close` and returns the whole
-/// response, rewritten to carry a Content-Length (so the client connection can
-/// stay open).
-async fn forward(upstream: &str, request: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut up = TcpStream::connect(upstream).await?;
-    let end = find(request, b"\r\n\r\n").unwrap_or(request.len());
-    let head = String::from_utf8_lossy(&request[..end]);
-    let mut new_head: Vec<String> = head
-        .split("\r\n")
-        .filter(|l| !l.to_lowercase().starts_with("connection:"))
-        .map(str::to_string)
-        .collect();
-    new_head.push("Connection: close".into());
-    let mut out = new_head.join("\r\n").into_bytes();
-    out.extend_from_slice(b"\r\n\r\n");
-    out.extend_from_slice(request.get(end + 4..).unwrap_or_default());
-    up.write_all(&out).await?;
-    let mut response = Vec::new();
-    up.read_to_end(&mut response).await?;
-    let Some(hend) = find(&response, b"\r\n\r\n") else {
-        return Ok(response);
+/// EC2's answer to a request the fault rules let through.
+async fn answer(
+    upstream: &str,
+    request: &Request,
+    ec2: &Ec2Request,
+    state: &Mutex<State>,
+) -> std::io::Result<Response> {
+    let client_tokens = {
+        let mut s = state.lock().unwrap();
+        if let Some(early) = s.answer_here(ec2, Instant::now()) {
+            return Ok(early);
+        }
+        s.behaviour.client_tokens
     };
-    let body = response[hend + 4..].to_vec();
-    let head = String::from_utf8_lossy(&response[..hend]).to_string();
-    let chunked = head.to_lowercase().contains("transfer-encoding: chunked");
-    let body = if chunked { dechunk(&body) } else { body };
-    let mut lines: Vec<String> = head
-        .split("\r\n")
-        .filter(|l| {
-            let l = l.to_lowercase();
-            !l.starts_with("content-length:")
-                && !l.starts_with("connection:")
-                && !l.starts_with("transfer-encoding:")
-        })
-        .map(str::to_string)
-        .collect();
-    lines.push(format!("Content-Length: {}", body.len()));
-    let mut out = lines.join("\r\n").into_bytes();
-    out.extend_from_slice(b"\r\n\r\n");
-    out.extend_from_slice(&body);
-    Ok(out)
+    let token = ec2
+        .param("ClientToken")
+        .filter(|_| client_tokens && ec2.action == "RunInstances");
+    let Some(token) = token else {
+        return forward_and_learn(upstream, request, ec2, state).await;
+    };
+    let slot = state.lock().unwrap().tokens.slot(&ec2.scope, token);
+    // Held until this attempt is answered: a concurrent repeat waits and
+    // then sees its outcome.
+    let mut launch = slot.lock().await;
+    let params = ec2.idempotency_params();
+    if let Some(launch) = launch.as_ref() {
+        let (repeat, response) = launch.answer(&params);
+        let mut s = state.lock().unwrap();
+        match repeat {
+            Repeat::Replayed => s.stats.client_token_replays += 1,
+            Repeat::Mismatch => s.stats.client_token_mismatches += 1,
+        }
+        return Ok(response);
+    }
+    let response = forward_and_learn(upstream, request, ec2, state).await?;
+    if response.is_success() {
+        *launch = Some(Launch::new(params, response.clone()));
+    }
+    Ok(response)
 }
 
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(line_end) = find(data, b"\r\n") {
-        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..line_end]).trim(), 16)
-            .unwrap_or(0);
-        if size == 0 {
-            break;
+async fn forward_and_learn(
+    upstream: &str,
+    request: &Request,
+    ec2: &Ec2Request,
+    state: &Mutex<State>,
+) -> std::io::Result<Response> {
+    let response = forward(upstream, request).await?;
+    Ok(state.lock().unwrap().learn(ec2, response, Instant::now()))
+}
+
+impl State {
+    /// Counts the request and picks the fault the rules inject, if any.
+    fn fault_for(&mut self, action: &str, n: u64) -> Option<Fault> {
+        let of_action = ProxyStats::count(&mut self.stats.calls, action);
+        let fault = self
+            .rules
+            .iter()
+            .find(|r| {
+                let count = match r.action {
+                    Some(a) if a == action => of_action,
+                    Some(_) => return false,
+                    None => scramble(n ^ (r.every << 32)),
+                };
+                r.every > 0 && count.is_multiple_of(r.every)
+            })
+            .map(|r| r.fault);
+        if fault.is_some() {
+            ProxyStats::count(&mut self.stats.faults, action);
         }
-        let start = line_end + 2;
-        out.extend_from_slice(&data[start..(start + size).min(data.len())]);
-        data = &data[(start + size + 2).min(data.len())..];
+        fault
     }
-    out
+
+    /// The answer EC2 would give without doing anything: throttled, or
+    /// naming instances it does not know yet.
+    fn answer_here(&mut self, ec2: &Ec2Request, now: Instant) -> Option<Response> {
+        if let Some(quotas) = self.quotas.as_mut()
+            && !quotas.admit(ec2, now)
+        {
+            ProxyStats::count(&mut self.stats.throttled, &ec2.action);
+            return Some(throttled());
+        }
+        if self.behaviour.consistency_window.is_some() {
+            let unknown = self.unseen.unknown(&ec2.named_instances(), now);
+            if !unknown.is_empty() {
+                self.stats.unseen_not_found += 1;
+                return Some(not_found(&unknown));
+            }
+        }
+        None
+    }
+
+    /// Learns from moto's `response` what was launched, and takes out of it
+    /// what EC2 would not show yet.
+    fn learn(&mut self, ec2: &Ec2Request, response: Response, now: Instant) -> Response {
+        if !response.is_success() {
+            return response;
+        }
+        match ec2.action.as_str() {
+            "RunInstances" => {
+                let Some(ids) = xml::launched_instances(&response.body_text()) else {
+                    eprintln!("fault proxy: no instance IDs found in a RunInstances response");
+                    return response;
+                };
+                self.stats.instances_launched += ids.len() as u64;
+                if let Some(window) = self.behaviour.consistency_window {
+                    self.unseen.prune(now);
+                    self.unseen.launched(&ids, now + window);
+                }
+                response
+            }
+            "DescribeInstances" if self.behaviour.consistency_window.is_some() => {
+                let body = response.body_text();
+                match xml::without_instances(&body, |id| self.unseen.is_unseen(id, now)) {
+                    Some((_, 0)) => response,
+                    Some((body, hidden)) => {
+                        self.stats.unseen_hidden += hidden as u64;
+                        response.with_body(body)
+                    }
+                    None => {
+                        eprintln!("fault proxy: cannot read a DescribeInstances response");
+                        response
+                    }
+                }
+            }
+            _ => response,
+        }
+    }
 }
