@@ -5,7 +5,10 @@
 //! Safety rules: it only runs once the Machine cache has synced; an instance
 //! is kept when any known Machine carries its UID tag or its ID in the
 //! providerID (so a Machine being created is never touched); instances without
-//! the cluster and role tags are never considered; in a namespace-scoped
+//! the cluster and role tags are never considered; right before terminating,
+//! the Machines are listed from the API server once more (the cache may lag
+//! a Machine created a moment ago), and only instances still unclaimed go;
+//! in a namespace-scoped
 //! deployment, instances tagged for another namespace's Machines are left alone.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,6 +22,7 @@ use tracing::{info, warn};
 
 use super::context::Context;
 use super::error::Result;
+use crate::api::machine::Machine;
 use crate::api::machine_class::MachineClass;
 use crate::aws::credentials::{CredentialSource, merge_secret_data};
 use crate::aws::instances::{self, InstanceInfo, instance_id_from_provider_id};
@@ -75,18 +79,8 @@ pub async fn collect_once(ctx: &Context) -> Result<usize> {
         );
     }
 
-    let machines = ctx.machines.state();
-    let known_uids: BTreeSet<String> = machines.iter().filter_map(|m| m.uid()).collect();
-    let known_ids: BTreeSet<String> = machines
-        .iter()
-        .filter_map(|m| {
-            m.spec
-                .provider_id
-                .as_deref()
-                .and_then(instance_id_from_provider_id)
-        })
-        .map(str::to_string)
-        .collect();
+    let cached = ctx.machines.state();
+    let (known_uids, known_ids) = claims(cached.iter().map(|m| m.as_ref()));
 
     let mut terminated = 0;
     for ((_, _, cluster, role), (source, region)) in searches {
@@ -103,10 +97,21 @@ pub async fn collect_once(ctx: &Context) -> Result<usize> {
                 .build(),
         ];
         let found = instances::describe(&handle, filters, vec![]).await?;
-        let orphans: Vec<String> = found
+        let candidates: Vec<&InstanceInfo> = found
             .iter()
             .filter(|i| i.tags.contains_key(&role))
             .filter(|i| is_orphan(i, &known_uids, &known_ids, ctx.config.namespace.as_deref()))
+            .collect();
+        if candidates.is_empty() {
+            continue;
+        }
+        // The cache may lag a Machine created a moment ago (or be behind
+        // after a restart): ask the API server itself before terminating.
+        let live = machines_api(ctx).list(&ListParams::default()).await?;
+        let (live_uids, live_ids) = claims(live.items.iter());
+        let orphans: Vec<String> = candidates
+            .into_iter()
+            .filter(|i| is_orphan(i, &live_uids, &live_ids, ctx.config.namespace.as_deref()))
             .map(|i| i.id.clone())
             .collect();
         if orphans.is_empty() {
@@ -123,6 +128,31 @@ pub async fn collect_once(ctx: &Context) -> Result<usize> {
         terminated += orphans.len();
     }
     Ok(terminated)
+}
+
+fn machines_api(ctx: &Context) -> Api<Machine> {
+    match &ctx.config.namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    }
+}
+
+/// The Machine UIDs and instance IDs (from providerIDs) that `machines` claim.
+fn claims<'a>(machines: impl Iterator<Item = &'a Machine>) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut uids = BTreeSet::new();
+    let mut ids = BTreeSet::new();
+    for m in machines {
+        uids.extend(m.uid());
+        if let Some(id) = m
+            .spec
+            .provider_id
+            .as_deref()
+            .and_then(instance_id_from_provider_id)
+        {
+            ids.insert(id.to_string());
+        }
+    }
+    (uids, ids)
 }
 
 /// The credentials of a class, or `None` when its Secrets are unreadable.
