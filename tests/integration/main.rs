@@ -8,6 +8,7 @@ mod support;
 mod bench;
 mod chart;
 mod configuration;
+mod consistency;
 mod crds;
 mod deletion;
 mod fleets;
