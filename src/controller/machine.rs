@@ -201,7 +201,21 @@ async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
     let recorded = launch_record(m, &resolved);
     ensure_identity(m, ctx, &instance, &region, &recorded).await?;
     if !instance.state.is_gone() {
-        sync_tags(m, ctx, &resolved, &handle, &instance, &recorded).await?;
+        // Tags are bookkeeping: a refused CreateTags/DeleteTags (e.g. a
+        // policy without ec2:CreateTags) is reported, and health checks and
+        // phases go on.
+        if let Err(e) = sync_tags(m, ctx, &resolved, &handle, &instance, &recorded).await {
+            warn!(machine = %m.name_any(), error = %e, "could not update the instance's tags");
+            publish(
+                ctx,
+                m,
+                EventType::Warning,
+                "TagsFailed",
+                "Update",
+                format!("Updating the tags of instance {} failed: {e}", instance.id),
+            )
+            .await;
+        }
         if instance.state == InstanceState::Running {
             ensure_post_launch(ctx, &handle, &instance, &resolved.class.provider_spec).await?;
         }

@@ -163,3 +163,41 @@ async fn an_invalid_class_edit_blocks_neither_health_nor_deletion() {
     s.wait_gone("b1", 2 * MINUTE).await;
     assert!(s.live_instances().await.is_empty());
 }
+
+/// A refused CreateTags (a policy without ec2:CreateTags) is reported, and
+/// the machine goes on being watched and can be deleted.
+#[tokio::test]
+async fn refused_tag_updates_are_reported_and_do_not_stop_the_machine() {
+    let s = Scenario::start_with("tagdeny", true, &[]).await;
+    let proxy = s.proxy.as_ref().unwrap();
+    s.create_machine("t1").await;
+    s.wait_phase("t1", MachinePhase::Running, 2 * MINUTE).await;
+    proxy.set_rules(vec![crate::support::proxy::Rule::on(
+        "CreateTags",
+        1,
+        crate::support::proxy::Fault::Error(403, "UnauthorizedOperation"),
+    )]);
+    s.apply_class(CLASS, |c| {
+        c["providerSpec"]["tags"]["team"] = "other".into()
+    })
+    .await;
+    eventually_or(
+        "a Warning about the refused tag update",
+        MINUTE,
+        || async {
+            s.events_of("t1").await.into_iter().find(|e| {
+                e.starts_with("Warning TagsFailed") && e.contains("UnauthorizedOperation")
+            })
+        },
+        || s.op.log(),
+    )
+    .await;
+    let m = s.machines().get("t1").await.unwrap();
+    assert_eq!(m.phase(), Some(MachinePhase::Running), "{:?}", m.status);
+    s.machines()
+        .delete("t1", &DeleteParams::default())
+        .await
+        .unwrap();
+    s.wait_gone("t1", 2 * MINUTE).await;
+    assert!(s.live_instances().await.is_empty());
+}
