@@ -310,12 +310,7 @@ async fn creation_timed_out(m: &Machine, ctx: &Context) -> Result<Option<Action>
         "Machine has no instance after its creation timeout of {}; last: {previous}",
         humantime_minutes(timeout)
     );
-    status.current_status = CurrentStatus {
-        phase: Some(MachinePhase::Failed),
-        timeout_active: false,
-        last_update_time: Some(Time(Timestamp::now())),
-        ..old.current_status.clone()
-    };
+    status.current_status = entered(&old.current_status, MachinePhase::Failed, false);
     status.last_operation = LastOperation {
         description: description.clone(),
         error_code: old.last_operation.error_code.clone(),
@@ -1141,22 +1136,13 @@ async fn report_failure(
     if op == MachineOperationType::Delete
         && old.current_status.phase != Some(MachinePhase::Terminating)
     {
-        status.current_status = CurrentStatus {
-            phase: Some(MachinePhase::Terminating),
-            timeout_active: false,
-            last_update_time: Some(Time(Timestamp::now())),
-            ..old.current_status.clone()
-        };
+        status.current_status = entered(&old.current_status, MachinePhase::Terminating, false);
     }
     if op == MachineOperationType::Create {
         let phase = old.current_status.phase;
         if phase.is_none() || phase == Some(MachinePhase::Pending) {
-            status.current_status = CurrentStatus {
-                phase: Some(MachinePhase::CrashLoopBackOff),
-                timeout_active: true,
-                last_update_time: Some(Time(Timestamp::now())),
-                ..old.current_status.clone()
-            };
+            status.current_status =
+                entered(&old.current_status, MachinePhase::CrashLoopBackOff, true);
         }
     }
     status.conditions =
@@ -1517,6 +1503,16 @@ async fn report_delete_failure(m: &Machine, ctx: &Context, e: &Error) {
     }
 }
 
+/// `old` moved to `phase` now.
+fn entered(old: &CurrentStatus, phase: MachinePhase, timeout_active: bool) -> CurrentStatus {
+    CurrentStatus {
+        phase: Some(phase),
+        timeout_active,
+        last_update_time: Some(Time(Timestamp::now())),
+        ..old.clone()
+    }
+}
+
 /// Phase Terminating with `lastOperation` describing the current step.
 async fn mark_terminating(m: &Machine, ctx: &Context, step: &str) -> Result<()> {
     let old = m.status.clone().unwrap_or_default();
@@ -1527,12 +1523,7 @@ async fn mark_terminating(m: &Machine, ctx: &Context, step: &str) -> Result<()> 
     }
     let mut status = old.clone();
     if old.current_status.phase != Some(MachinePhase::Terminating) {
-        status.current_status = CurrentStatus {
-            phase: Some(MachinePhase::Terminating),
-            timeout_active: false,
-            last_update_time: Some(Time(Timestamp::now())),
-            ..old.current_status.clone()
-        };
+        status.current_status = entered(&old.current_status, MachinePhase::Terminating, false);
     }
     status.last_operation = LastOperation {
         description: step.to_string(),
