@@ -33,23 +33,7 @@ fn class_in_use(ctx: &Context, ns: &str, name: &str) -> bool {
 
 /// `namespace/name` of every Secret a class references.
 fn secrets_of(class: &MachineClass) -> BTreeSet<(String, String)> {
-    let ns = class.namespace().unwrap_or_default();
-    [
-        class.secret_ref.as_ref(),
-        class.credentials_secret_ref.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
-    .filter_map(|r| {
-        let name = r.name.clone().filter(|n| !n.is_empty())?;
-        let secret_ns = r
-            .namespace
-            .clone()
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| ns.clone());
-        Some((secret_ns, name))
-    })
-    .collect()
+    super::drift::secret_ref_pairs(class).into_iter().collect()
 }
 
 /// Reconciles one class: finalizers on it and its Secrets follow its use.

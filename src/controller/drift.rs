@@ -349,25 +349,35 @@ pub async fn load_class(client: &Client, ns: &str, name: &str) -> Result<LoadedC
     Ok(LoadedClass { class, secret_data })
 }
 
-/// The Secrets (`namespace/name`) whose merged data a class uses, in merge
-/// order (`secretRef`, then `credentialsSecretRef`; the latter wins).
-pub fn secret_refs(class: &MachineClass) -> Vec<String> {
-    let default_ns = class.namespace().unwrap_or_default();
+/// The Secrets (`namespace`, `name`) a class references, in merge order
+/// (`secretRef`, then `credentialsSecretRef`; the latter wins); a reference
+/// without a namespace means the class's own.
+pub fn secret_ref_pairs(class: &MachineClass) -> Vec<(String, String)> {
+    let ns = class.namespace().unwrap_or_default();
     [
         class.secret_ref.as_ref(),
         class.credentials_secret_ref.as_ref(),
     ]
     .into_iter()
     .flatten()
-    .map(|r| {
-        let ns = r
+    .filter_map(|r| {
+        let name = r.name.clone().filter(|n| !n.is_empty())?;
+        let secret_ns = r
             .namespace
-            .as_deref()
-            .filter(|s| !s.is_empty())
-            .unwrap_or(&default_ns);
-        format!("{ns}/{}", r.name.as_deref().unwrap_or_default())
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| ns.clone());
+        Some((secret_ns, name))
     })
     .collect()
+}
+
+/// [`secret_ref_pairs`] as `namespace/name` (how a launch record keeps them).
+pub fn secret_refs(class: &MachineClass) -> Vec<String> {
+    secret_ref_pairs(class)
+        .into_iter()
+        .map(|(ns, name)| format!("{ns}/{name}"))
+        .collect()
 }
 
 /// The merged data of Secrets named as [`secret_refs`] names them (later

@@ -456,15 +456,21 @@ async fn sync_tags(
     }
     let keys = drift::class_tag_keys(class_tags).join(",");
     if m.annotations().get(CLASS_TAG_KEYS_ANNOTATION) != Some(&keys) {
-        let patch = json!({"metadata": {"annotations": {CLASS_TAG_KEYS_ANNOTATION: keys}}});
-        machines(ctx, m)
-            .patch(
-                &m.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await?;
+        annotate(m, ctx, CLASS_TAG_KEYS_ANNOTATION, &keys).await?;
     }
+    Ok(())
+}
+
+/// Sets one annotation on the Machine (merge patch).
+async fn annotate(m: &Machine, ctx: &Context, key: &str, value: &str) -> Result<()> {
+    let patch = json!({"metadata": {"annotations": {key: value}}});
+    machines(ctx, m)
+        .patch(
+            &m.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
     Ok(())
 }
 
@@ -665,17 +671,13 @@ async fn record_launch(m: &Machine, ctx: &Context, r: &Resolved) -> Result<Optio
 }
 
 async fn write_launch_record(m: &Machine, ctx: &Context, record: &LaunchRecord) -> Result<()> {
-    let patch = json!({"metadata": {"annotations": {
-        launch_record::LAUNCH_ANNOTATION: record.to_annotation(),
-    }}});
-    machines(ctx, m)
-        .patch(
-            &m.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await?;
-    Ok(())
+    annotate(
+        m,
+        ctx,
+        launch_record::LAUNCH_ANNOTATION,
+        &record.to_annotation(),
+    )
+    .await
 }
 
 /// Applies what EC2 only accepts after launch (source/destination check,
