@@ -36,6 +36,23 @@ async fn wait_delete_failure(s: &Scenario, name: &str, needle: &str) -> Machine 
     .await
 }
 
+/// Waits for the Warning DeleteFailed Event mentioning `needle` (published
+/// right after the status is written, so it may lag the status a little).
+async fn wait_delete_event(s: &Scenario, name: &str, needle: &str) {
+    eventually_or(
+        &format!("a Warning DeleteFailed Event mentioning {needle}"),
+        MINUTE,
+        || async {
+            s.events_of(name)
+                .await
+                .into_iter()
+                .find(|e| e.starts_with("Warning DeleteFailed") && e.contains(needle))
+        },
+        || s.op.log(),
+    )
+    .await;
+}
+
 /// A change to the Machine, so that the operator looks again at once rather
 /// than after the long back-off for permission errors.
 async fn nudge(s: &Scenario, name: &str) {
@@ -70,13 +87,7 @@ async fn denied_termination_is_reported_and_the_instance_kept() {
         Some("PermissionDenied")
     );
     assert_eq!(status.current_status.phase, Some(MachinePhase::Terminating));
-    let events = s.events_of("d1").await;
-    assert!(
-        events
-            .iter()
-            .any(|e| e.starts_with("Warning DeleteFailed") && e.contains("UnauthorizedOperation")),
-        "{events:?}"
-    );
+    wait_delete_event(&s, "d1", "UnauthorizedOperation").await;
     assert_eq!(s.live_instances().await.len(), 1, "the instance is kept");
 
     // The permission is granted: the deletion finishes.
@@ -116,13 +127,7 @@ async fn termination_protection_is_reported_until_lifted() {
         m.status.unwrap().last_operation.error_code.as_deref(),
         Some("InvalidArgument")
     );
-    let events = s.events_of("p1").await;
-    assert!(
-        events
-            .iter()
-            .any(|e| e.starts_with("Warning DeleteFailed") && e.contains("OperationNotPermitted")),
-        "{events:?}"
-    );
+    wait_delete_event(&s, "p1", "OperationNotPermitted").await;
     assert_eq!(s.live_instances().await.len(), 1, "the instance is kept");
 
     s.ec2
