@@ -84,7 +84,12 @@ pub async fn reconcile(class: Arc<MachineClass>, ctx: Arc<Context>) -> Result<Ac
         }
     }
     // Classes are re-checked when their Machines change; a slow resync guards
-    // against missed events.
+    // against missed events. A class being deleted while still in use looks
+    // again soon: the event of its last Machine going can arrive before the
+    // Machine cache has dropped it, and the release must not wait 10 minutes.
+    if in_use && class.meta().deletion_timestamp.is_some() {
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    }
     Ok(Action::requeue(Duration::from_secs(600)))
 }
 
