@@ -1,4 +1,6 @@
-//! One classification of EC2 failures, used everywhere an EC2 call can fail.
+//! One classification of EC2 failures, used everywhere an EC2 call can fail
+//! (STS calls, the operator's own GetCallerIdentity and those the SDK's
+//! credential providers make, are classified the same way).
 //!
 //! Every failed call becomes an [`Ec2Error`] carrying an [`ErrorClass`]. The
 //! class decides three things, so they can never disagree with each other:
@@ -18,8 +20,11 @@
 use std::fmt;
 use std::time::Duration;
 
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_sts::operation::assume_role::AssumeRoleError;
+use aws_sdk_sts::operation::assume_role_with_web_identity::AssumeRoleWithWebIdentityError;
 
 /// What kind of failure an EC2 call hit, and therefore how to react to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -174,6 +179,12 @@ const UNAUTHORIZED_CODES: &[&str] = &[
     "IncompleteSignature",
     "ExpiredToken",
     "ExpiredTokenException",
+    // STS web identity: the token is malformed, expired or not trusted by
+    // the role's identity provider.
+    "InvalidIdentityToken",
+    "IDPRejectedClaim",
+    // STS is switched off for the account in this Region.
+    "RegionDisabledException",
     "MissingAuthenticationToken",
     "UnrecognizedClientException",
     "AccessDenied",
@@ -332,29 +343,25 @@ impl Ec2Error {
     /// (construction, dispatch/connection, timeouts, unparseable responses)
     /// are [`ErrorClass::Transient`] — the SDK has already retried those.
     ///
-    /// Credential-provider failures (no credentials in the default chain,
-    /// STS refusing AssumeRole) surface from the SDK as dispatch failures
-    /// and are therefore Transient; their message says what went wrong.
+    /// Credential-provider failures surface from the SDK as dispatch
+    /// failures too, but no retry fixes them: see [`credentials_failure`]
+    /// (no credentials in the chain, an unreadable token file, STS refusing
+    /// AssumeRole are [`ErrorClass::Unauthorized`]).
     pub fn from_sdk<E>(operation: &'static str, err: SdkError<E, HttpResponse>) -> Ec2Error
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let (class, code, message) = match &err {
-            SdkError::ServiceError(service) => {
-                let code = service.err().code().map(str::to_owned);
-                let status = service.raw().status().as_u16();
-                let message = service
-                    .err()
-                    .message()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| format!("HTTP {status} without an error message"));
-                (classify(code.as_deref(), Some(status)), code, message)
-            }
+        let (class, code, message) = match service_failure(&err) {
+            Some(answer) => answer,
             // The request never got an answer we could read: these are the
-            // "5xx, timeouts, connection errors" of the Transient class.
-            // The useful part (e.g. "Connection refused") is deep in the
-            // source chain.
-            _ => (ErrorClass::Transient, None, display_chain(&err)),
+            // "5xx, timeouts, connection errors" of the Transient class —
+            // unless its credentials could not be had. The useful part (e.g.
+            // "Connection refused") is deep in the source chain.
+            None => {
+                let (class, code) =
+                    credentials_failure(&err).unwrap_or((ErrorClass::Transient, None));
+                (class, code, display_chain(&err))
+            }
         };
         Ec2Error {
             operation,
@@ -389,6 +396,75 @@ impl Ec2Error {
     pub fn retry_after(&self) -> Duration {
         self.class.retry_after()
     }
+}
+
+/// Class, code and message of a service error (an answer with an AWS error
+/// code); `None` for any other kind of SDK error.
+fn service_failure<E>(
+    err: &SdkError<E, HttpResponse>,
+) -> Option<(ErrorClass, Option<String>, String)>
+where
+    E: ProvideErrorMetadata,
+{
+    let SdkError::ServiceError(service) = err else {
+        return None;
+    };
+    let code = service.err().code().map(str::to_owned);
+    let status = service.raw().status().as_u16();
+    let message = service
+        .err()
+        .message()
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("HTTP {status} without an error message"));
+    Some((classify(code.as_deref(), Some(status)), code, message))
+}
+
+/// When `err` failed because the SDK could not obtain credentials for it:
+/// its class, with STS's error code when STS refused them.
+///
+/// The SDK's credential providers report a [`CredentialsError`] somewhere
+/// in the source chain. No retry fixes a chain without credentials, an
+/// unreadable token file or a role STS will not hand out, so those are
+/// [`ErrorClass::Unauthorized`]; what STS itself answered is classified
+/// like any service error (`AccessDenied`, `ExpiredTokenException`,
+/// `InvalidIdentityToken` are Unauthorized, throttling is Throttled, a 5xx
+/// is Transient), and a provider that timed out, or an STS call that never
+/// got an answer, is Transient.
+fn credentials_failure(
+    err: &(dyn std::error::Error + 'static),
+) -> Option<(ErrorClass, Option<String>)> {
+    let mut credentials_error = false;
+    let mut link = Some(err);
+    while let Some(cause) = link {
+        if let Some(e) = cause.downcast_ref::<CredentialsError>() {
+            if matches!(e, CredentialsError::ProviderTimedOut(_)) {
+                return Some((ErrorClass::Transient, None));
+            }
+            credentials_error = true;
+        }
+        if let Some(sts) = sts_answer(cause) {
+            return Some(sts);
+        }
+        link = cause.source();
+    }
+    credentials_error.then_some((ErrorClass::Unauthorized, None))
+}
+
+/// The class (and code) of an STS call made by a credential provider,
+/// when `cause` is one.
+fn sts_answer(cause: &(dyn std::error::Error + 'static)) -> Option<(ErrorClass, Option<String>)> {
+    fn of<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> (ErrorClass, Option<String>) {
+        match service_failure(e) {
+            Some((class, code, _)) => (class, code),
+            None => (ErrorClass::Transient, None),
+        }
+    }
+    if let Some(e) = cause.downcast_ref::<SdkError<AssumeRoleError, HttpResponse>>() {
+        return Some(of(e));
+    }
+    cause
+        .downcast_ref::<SdkError<AssumeRoleWithWebIdentityError, HttpResponse>>()
+        .map(of)
 }
 
 /// `outer: inner: innermost`, from the `Display` of each error in the
@@ -543,6 +619,9 @@ mod tests {
             "SignatureDoesNotMatch",
             "ExpiredToken",
             "ExpiredTokenException",
+            "InvalidIdentityToken",
+            "IDPRejectedClaim",
+            "RegionDisabledException",
             "MissingAuthenticationToken",
             "AccessDenied",
             "OptInRequired",
@@ -698,5 +777,144 @@ mod tests {
         let err = Ec2Error::new("RunInstances", ErrorClass::Unauthorized, None, long);
         assert!(err.message.len() <= MAX_MESSAGE_LEN + " …".len());
         assert!(err.message.ends_with(" …"));
+    }
+
+    /// Credentials that fail with the error the closure makes, for a real
+    /// SDK call.
+    struct FailingCredentials(Box<dyn Fn() -> CredentialsError + Send + Sync>);
+
+    impl std::fmt::Debug for FailingCredentials {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("FailingCredentials")
+        }
+    }
+
+    impl aws_credential_types::provider::ProvideCredentials for FailingCredentials {
+        fn provide_credentials<'a>(
+            &'a self,
+        ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            aws_credential_types::provider::future::ProvideCredentials::ready(Err((self.0)()))
+        }
+    }
+
+    /// A DescribeInstances whose credentials fail with `make()`, through the
+    /// SDK's own orchestrator (nothing listens at the endpoint; the call
+    /// never gets that far).
+    async fn call_without_credentials(
+        make: impl Fn() -> CredentialsError + Send + Sync + 'static,
+    ) -> Ec2Error {
+        use aws_sdk_ec2::config::{BehaviorVersion, Region, retry::RetryConfig};
+        let config = aws_sdk_ec2::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("eu-west-1"))
+            .endpoint_url("http://127.0.0.1:1")
+            .retry_config(RetryConfig::disabled())
+            .credentials_provider(FailingCredentials(Box::new(make)))
+            .build();
+        let err = aws_sdk_ec2::Client::from_conf(config)
+            .describe_instances()
+            .send()
+            .await
+            .expect_err("the credentials fail");
+        Ec2Error::from_sdk("DescribeInstances", err)
+    }
+
+    fn sts_refusal<E>(error: fn(ErrorMetadata) -> E, code: &str, status: u16) -> SdkError<E> {
+        let meta = ErrorMetadata::builder()
+            .code(code)
+            .message("refused by STS")
+            .build();
+        let status = status.try_into().expect("test uses a valid HTTP status");
+        SdkError::service_error(error(meta), HttpResponse::new(status, "".into()))
+    }
+
+    #[tokio::test]
+    async fn a_chain_without_credentials_is_unauthorized_not_transient() {
+        let err = call_without_credentials(|| {
+            CredentialsError::not_loaded("no providers in chain provided credentials")
+        })
+        .await;
+        assert_eq!(err.class, ErrorClass::Unauthorized, "{err}");
+        assert_eq!(err.mcm_code(), "Unauthenticated");
+        assert!(err.message.contains("no providers in chain"), "{err}");
+        let unreadable = call_without_credentials(|| {
+            CredentialsError::provider_error(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "token file not found",
+            ))
+        })
+        .await;
+        assert_eq!(unreadable.class, ErrorClass::Unauthorized, "{unreadable}");
+        assert!(
+            unreadable.message.contains("token file not found"),
+            "{unreadable}"
+        );
+    }
+
+    #[tokio::test]
+    async fn sts_refusing_the_role_is_classified_by_its_code() {
+        let denied = call_without_credentials(|| {
+            CredentialsError::provider_error(sts_refusal(
+                AssumeRoleError::generic,
+                "AccessDenied",
+                403,
+            ))
+        })
+        .await;
+        assert_eq!(denied.class, ErrorClass::Unauthorized, "{denied}");
+        assert_eq!(denied.code.as_deref(), Some("AccessDenied"));
+        assert_eq!(denied.mcm_code(), "PermissionDenied");
+
+        for (web_identity, code, status) in [
+            (true, "ExpiredTokenException", 400),
+            (true, "InvalidIdentityToken", 400),
+            (false, "InvalidClientTokenId", 403),
+        ] {
+            let make = move || {
+                CredentialsError::provider_error(if web_identity {
+                    Box::new(sts_refusal(
+                        AssumeRoleWithWebIdentityError::generic,
+                        code,
+                        status,
+                    )) as Box<dyn std::error::Error + Send + Sync>
+                } else {
+                    Box::new(sts_refusal(AssumeRoleError::generic, code, status))
+                })
+            };
+            let err = call_without_credentials(make).await;
+            assert_eq!(err.class, ErrorClass::Unauthorized, "{code}: {err}");
+            assert_eq!(err.code.as_deref(), Some(code));
+            assert_eq!(err.mcm_code(), "Unauthenticated", "{code}");
+        }
+    }
+
+    #[tokio::test]
+    async fn credential_trouble_a_retry_can_fix_stays_transient() {
+        let timed_out = call_without_credentials(|| {
+            CredentialsError::provider_timed_out(Duration::from_secs(5))
+        })
+        .await;
+        assert_eq!(timed_out.class, ErrorClass::Transient, "{timed_out}");
+        let sts_down = call_without_credentials(|| {
+            CredentialsError::provider_error(sts_refusal(
+                AssumeRoleError::generic,
+                "InternalFailure",
+                500,
+            ))
+        })
+        .await;
+        assert_eq!(sts_down.class, ErrorClass::Transient, "{sts_down}");
+        let throttled = call_without_credentials(|| {
+            CredentialsError::provider_error(sts_refusal(
+                AssumeRoleError::generic,
+                "Throttling",
+                400,
+            ))
+        })
+        .await;
+        assert_eq!(throttled.class, ErrorClass::Throttled, "{throttled}");
     }
 }
