@@ -10,8 +10,9 @@
 //! - `caches`: the Machine, MachineClass and Node caches have synced (only
 //!   asked of a replica that leads).
 //! - `ec2-credentials`: every credentials + Region pair used by the
-//!   MachineClasses present at startup answered one `DescribeInstances`
-//!   (only asked of a replica that leads). Once passed it stays passed: later
+//!   MachineClasses present at startup said who it is (STS
+//!   `GetCallerIdentity`, which needs no permission) and answered one
+//!   `DescribeInstances` (only asked of a replica that leads). Once passed it stays passed: later
 //!   credential trouble is reported on the Machines and in the metrics, never
 //!   by flapping readiness.
 //!
@@ -26,7 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub const LEADER_ELECTION: &str = "leader-election";
 /// Informer caches synced.
 pub const CACHES: &str = "caches";
-/// EC2 credentials answered once.
+/// AWS credentials answered STS and EC2 once.
 pub const EC2_CREDENTIALS: &str = "ec2-credentials";
 
 /// State of one check.

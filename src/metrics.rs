@@ -37,7 +37,7 @@ use prometheus_client::registry::Registry;
 
 use crate::api::machine::Machine;
 use crate::api::shared::MachinePhase;
-use crate::aws::clients::Ec2CallStats;
+use crate::aws::clients::{Ec2CallStats, service_of};
 
 /// `Content-Type` of the OpenMetrics text format.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -258,9 +258,9 @@ impl Collector for ScrapeTime {
     }
 }
 
-/// `provider` and `service` as MCM's AWS provider sets them.
+/// `provider` as MCM's AWS provider sets it; `service` is `ec2` (MCM's
+/// value) or, for GetCallerIdentity, `sts` ([`service_of`]).
 const PROVIDER: (&str, &str) = ("provider", "aws");
-const SERVICE: (&str, &str) = ("service", "ec2");
 
 fn encode_ec2(stats: &Ec2CallStats, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
     let snapshot = stats.snapshot();
@@ -275,7 +275,7 @@ fn encode_ec2(stats: &Ec2CallStats, encoder: &mut DescriptorEncoder) -> std::fmt
         let all = op.ok + op.failed.values().sum::<u64>();
         ConstCounter::new(all).encode(total.encode_family(&[
             PROVIDER,
-            SERVICE,
+            ("service", service_of(operation)),
             ("operation", operation),
         ])?)?;
     }
@@ -289,7 +289,7 @@ fn encode_ec2(stats: &Ec2CallStats, encoder: &mut DescriptorEncoder) -> std::fmt
         for (class, n) in &op.failed {
             ConstCounter::new(*n).encode(failed.encode_family(&[
                 PROVIDER,
-                SERVICE,
+                ("service", service_of(operation)),
                 ("operation", operation),
                 ("error_class", class.category()),
             ])?)?;
@@ -304,7 +304,7 @@ fn encode_ec2(stats: &Ec2CallStats, encoder: &mut DescriptorEncoder) -> std::fmt
     for (operation, op) in &snapshot {
         ConstCounter::new(op.rate_limit_wait.as_secs_f64()).encode(waited.encode_family(&[
             PROVIDER,
-            SERVICE,
+            ("service", service_of(operation)),
             ("operation", operation),
         ])?)?;
     }

@@ -17,7 +17,9 @@
 //!
 //! Calls go through [`Ec2Handle::call`], which waits for the rate limiter,
 //! runs the request, maps failures to [`Ec2Error`] and counts the outcome in
-//! [`Ec2CallStats`].
+//! [`Ec2CallStats`]. Each handle also holds an STS client with the same
+//! credentials, for [`Ec2Handle::caller_identity`] (`AWS_ENDPOINT_URL_STS`
+//! applies to it as `AWS_ENDPOINT_URL_EC2` does to EC2).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -35,14 +37,20 @@ use aws_config::{AppName, Region};
 use aws_sdk_ec2::config::Credentials;
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::types::Filter;
 use tracing::debug;
 
 use super::credentials::CredentialSource;
 use super::errors::{Ec2Error, ErrorClass};
 use super::rate_limit::{Ec2RateLimiter, RateLimitConfig};
+use super::tags::MACHINE_UID_TAG;
 
 /// Session name for STS role sessions: shows up in CloudTrail as the actor.
 pub const SESSION_NAME: &str = "mcm-provider-aws";
+/// The STS action that says who a set of credentials is. AWS allows it to
+/// every identity (even an explicit Deny does not stop it), so it checks
+/// credentials without needing any permission.
+pub const GET_CALLER_IDENTITY: &str = "GetCallerIdentity";
 /// `provider_name` of static credentials from a MachineClass Secret.
 const STATIC_PROVIDER_NAME: &str = "mcm-secret";
 /// Attempts per call (the first plus retries) in the SDK's standard retry
@@ -151,6 +159,9 @@ pub struct Ec2Handle {
     /// The SDK client. Prefer [`Ec2Handle::call`] over calling it directly:
     /// that is what keeps the rate limit and the statistics.
     pub client: aws_sdk_ec2::Client,
+    /// STS with the same credentials and Region (regional endpoint); see
+    /// [`Ec2Handle::caller_identity`].
+    pub sts: aws_sdk_sts::Client,
     /// The buckets of this credentials + Region.
     pub limiter: Arc<Ec2RateLimiter>,
     /// Which credentials and Region this is.
@@ -239,6 +250,56 @@ impl Ec2Handle {
         self.finish(operation, started.elapsed(), request.await)
     }
 
+    /// Who these credentials are, from STS `GetCallerIdentity`: no IAM
+    /// permission is needed for it, so a failure means the credentials
+    /// themselves are wrong (or STS unreachable). It does not draw from the
+    /// EC2 rate limiter; the statistics count it (service `sts`).
+    pub async fn caller_identity(&self) -> Result<CallerIdentity, Ec2Error> {
+        let request = self.sts.get_caller_identity().send();
+        let out = self.run(GET_CALLER_IDENTITY, async {}, request).await?;
+        Ok(CallerIdentity {
+            account: out.account().unwrap_or_default().to_owned(),
+            arn: out.arn().unwrap_or_default().to_owned(),
+        })
+    }
+
+    /// The credentials check of `/readyz`: who these credentials are
+    /// ([`caller_identity`](Self::caller_identity)) and that EC2 takes them
+    /// (one small, filtered `DescribeInstances`, the call every machine
+    /// needs first).
+    ///
+    /// STS refusing the credentials fails the check at once. STS failing
+    /// otherwise (unreachable, e.g. a private VPC with only an EC2 endpoint)
+    /// does not: the identity is then unknown (`None`) and EC2's answer
+    /// decides. Throttling counts as an answer: the credentials were
+    /// accepted.
+    pub async fn check_credentials(&self) -> Result<Option<CallerIdentity>, Ec2Error> {
+        let identity = match self.caller_identity().await {
+            Ok(identity) => Some(identity),
+            Err(e) if e.class == ErrorClass::Unauthorized => return Err(e),
+            Err(e) => {
+                debug!(client = %self.key, error = %e, "GetCallerIdentity failed; asking EC2 alone");
+                None
+            }
+        };
+        let request = self
+            .client
+            .describe_instances()
+            .filters(
+                Filter::builder()
+                    .name("tag-key")
+                    .values(MACHINE_UID_TAG)
+                    .build(),
+            )
+            .max_results(5)
+            .send();
+        match self.call_filtered("DescribeInstances", request).await {
+            Ok(_) => Ok(identity),
+            Err(e) if e.class == ErrorClass::Throttled => Ok(identity),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The statistics this handle records into (shared by all handles of
     /// one [`Ec2Clients`]).
     pub fn stats(&self) -> &Arc<Ec2CallStats> {
@@ -266,6 +327,32 @@ impl Ec2Handle {
                 Err(err)
             }
         }
+    }
+}
+
+/// An AWS identity as STS reports it: no secret, fit for logs and
+/// `/readyz`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallerIdentity {
+    /// The 12-digit account ID.
+    pub account: String,
+    /// The ARN of the user, or of the assumed role's session.
+    pub arn: String,
+}
+
+/// `arn:aws:iam::123456789012:user/mcm (account 123456789012)`.
+impl fmt::Display for CallerIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (account {})", self.arn, self.account)
+    }
+}
+
+/// The AWS service an operation name belongs to, for the `service` label
+/// of the call metrics: the STS actions the operator makes itself, else EC2.
+pub fn service_of(operation: &str) -> &'static str {
+    match operation {
+        GET_CALLER_IDENTITY => "sts",
+        _ => "ec2",
     }
 }
 
@@ -318,14 +405,15 @@ impl Ec2Clients {
         }
         // Built outside the lock (it awaits). Two reconciles racing here
         // build twice and the first insert wins; the loser is dropped.
-        let client = build_client(source, region).await;
+        let config = sdk_config(source, region).await;
         debug!(client = %key, credentials = source.kind(), "built EC2 client");
         let now = Instant::now();
         let mut entries = self.lock();
         entries.retain(|_, entry| now.duration_since(entry.last_used) < IDLE_EVICTION);
         let entry = entries.entry(key.clone()).or_insert_with(|| CacheEntry {
             handle: Ec2Handle {
-                client,
+                client: aws_sdk_ec2::Client::new(&config),
+                sts: aws_sdk_sts::Client::new(&config),
                 limiter: Arc::new(Ec2RateLimiter::new(self.rate_limits)),
                 key,
                 stats: Arc::clone(&self.stats),
@@ -367,10 +455,10 @@ impl Ec2Clients {
     }
 }
 
-/// Builds the SDK client for `source` in `region`: the standard
+/// The SDK configuration for `source` in `region`: the standard
 /// environment (endpoint URLs, proxies, profile), our retry and timeout
 /// settings, and the credentials the Secret asks for.
-async fn build_client(source: &CredentialSource, region: &str) -> aws_sdk_ec2::Client {
+async fn sdk_config(source: &CredentialSource, region: &str) -> aws_config::SdkConfig {
     let region = Region::new(region.to_owned());
     let loader = base_loader(region.clone());
     let loader = match source {
@@ -414,7 +502,7 @@ async fn build_client(source: &CredentialSource, region: &str) -> aws_sdk_ec2::C
         }
         CredentialSource::DefaultChain => loader,
     };
-    aws_sdk_ec2::Client::new(&loader.load().await)
+    loader.load().await
 }
 
 /// `aws_config::defaults` with the Region pinned and our retry, timeout and
@@ -504,6 +592,26 @@ mod tests {
             )
             .await;
         assert_ne!(assume.key, web.key);
+    }
+
+    #[tokio::test]
+    async fn sts_shares_the_credentials_and_region_of_the_handle() {
+        let clients = Ec2Clients::default();
+        let handle = clients.get(&static_keys(SECRET), "eu-west-1").await;
+        assert_eq!(
+            handle.sts.config().region().map(|r| r.as_ref()),
+            Some("eu-west-1")
+        );
+        assert_eq!(service_of(GET_CALLER_IDENTITY), "sts");
+        assert_eq!(service_of("RunInstances"), "ec2");
+        let who = CallerIdentity {
+            account: "123456789012".into(),
+            arn: "arn:aws:iam::123456789012:user/mcm".into(),
+        };
+        assert_eq!(
+            who.to_string(),
+            "arn:aws:iam::123456789012:user/mcm (account 123456789012)"
+        );
     }
 
     #[tokio::test]

@@ -3,10 +3,10 @@
 //!
 //! EC2 credentials are checked the way they are used: every distinct
 //! credentials + Region pair of the AWS MachineClasses present once the
-//! caches synced answers one small `DescribeInstances` (the call every
-//! machine needs first; it goes through the shared client, so it is rate
-//! limited and counted like any other). Throttling counts as an answer (the
-//! credentials were accepted). A pair that fails keeps the replica unready,
+//! caches synced says who it is (STS `GetCallerIdentity`, logged with the
+//! account and ARN) and answers one small `DescribeInstances` (see
+//! [`Ec2Handle::check_credentials`](crate::aws::clients::Ec2Handle::check_credentials)).
+//! A pair that fails keeps the replica unready,
 //! with the class and the AWS error in `/readyz`, and is retried with
 //! backoff. Classes whose Secret is missing are skipped: that is a
 //! configuration error reported on their Machines. With no class yet there
@@ -16,7 +16,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_ec2::types::Filter;
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 use tracing::{info, warn};
@@ -25,8 +24,6 @@ use super::context::Context;
 use super::orphans::class_credentials;
 use crate::api::machine_class::MachineClass;
 use crate::aws::clients::ClientKey;
-use crate::aws::errors::ErrorClass;
-use crate::aws::tags::MACHINE_UID_TAG;
 use crate::health::{CACHES, Check, EC2_CREDENTIALS, Health};
 
 /// Longest pause between two credential checks.
@@ -94,33 +91,26 @@ async fn check_credentials(ctx: &Context, classes: &Store<MachineClass>) -> Resu
         return Ok("no MachineClass with readable credentials yet: nothing to check".into());
     }
     let mut failures = Vec::new();
+    let mut identities = Vec::new();
     for (source, region, class) in pairs.values() {
         let handle = ctx.ec2.get(source, region).await;
-        // Any small call would do; this is the one machines need first.
-        let request = handle
-            .client
-            .describe_instances()
-            .filters(
-                Filter::builder()
-                    .name("tag-key")
-                    .values(MACHINE_UID_TAG)
-                    .build(),
-            )
-            .max_results(5)
-            .send();
-        match handle.call_filtered("DescribeInstances", request).await {
-            Ok(_) => {}
-            Err(e) if e.class == ErrorClass::Throttled => {}
-            Err(e) => failures.push(format!(
-                "class {class} ({} credentials, {region}): {e}",
-                source.kind()
+        let kind = source.kind();
+        match handle.check_credentials().await {
+            Ok(Some(who)) => {
+                info!(%class, credentials = kind, %region, account = %who.account, arn = %who.arn, "AWS identity of a MachineClass");
+                identities.push(format!("class {class} as {who}"));
+            }
+            Ok(None) => identities.push(format!(
+                "class {class} (identity unknown: STS did not answer)"
             )),
+            Err(e) => failures.push(format!("class {class} ({kind} credentials, {region}): {e}")),
         }
     }
     if failures.is_empty() {
         Ok(format!(
-            "{} credentials + Region pair(s) answered DescribeInstances",
-            pairs.len()
+            "{} credentials + Region pair(s) answered GetCallerIdentity and DescribeInstances: {}",
+            pairs.len(),
+            identities.join("; ")
         ))
     } else {
         Err(failures.join("; "))

@@ -33,6 +33,21 @@ async fn metrics_readiness_and_json_logs_of_a_running_operator() {
     .1;
     assert!(ready.contains("[+]caches ok: synced"), "{ready}");
     assert!(ready.contains("[+]ec2-credentials ok"), "{ready}");
+    // Who the class's credentials are, from STS: the account and the ARN.
+    assert!(
+        ready.contains("answered GetCallerIdentity and DescribeInstances")
+            && ready.contains(" as arn:aws:")
+            && ready.contains("(account 123456789012)"),
+        "{ready}"
+    );
+    let log = s.op.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("AWS identity of a MachineClass")
+                && l.contains("123456789012")
+                && l.contains("arn:aws:")),
+        "the start-up log names the account and ARN:\n{log}"
+    );
     assert!(
         ready.contains("[+]leader-election ok: leader election disabled"),
         "{ready}"
@@ -65,6 +80,14 @@ async fn metrics_readiness_and_json_logs_of_a_running_operator() {
     );
     assert!(
         sample(&metrics, &ec2("DescribeInstances")).unwrap_or(0.0) >= 1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "mcm_cloud_api_requests_total{provider=\"aws\",service=\"sts\",operation=\"GetCallerIdentity\"}"
+        ),
+        Some(1.0),
         "{metrics}"
     );
     assert_eq!(sample(&metrics, "mcm_machine_items_total"), Some(1.0));
