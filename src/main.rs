@@ -20,17 +20,18 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{ArgAction, Parser, ValueEnum};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::Reporter;
 use kube::{Client, Config};
 use mcm_provider_aws::admin::{Endpoints, parse_bind_address};
+use mcm_provider_aws::aws::credential_policy::{ArnPattern, CredentialPolicy};
 use mcm_provider_aws::controller::{self, ControllerConfig};
 use mcm_provider_aws::health::{CACHES, Check, EC2_CREDENTIALS, Health, LEADER_ELECTION};
 use mcm_provider_aws::leader::{Election, LeaderElectionConfig, default_identity};
 use mcm_provider_aws::metrics::Metrics;
 use mcm_provider_aws::shutdown::Shutdown;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -130,6 +131,27 @@ struct Cli {
     /// passed; a leader that cannot renew stops before the Lease expires.
     #[arg(long, env = "MCM_LEADER_ELECTION_RENEW_DEADLINE", default_value = "10s", value_parser = duration)]
     leader_election_renew_deadline: Duration,
+
+    /// Let a MachineClass whose Secret holds no credentials use the
+    /// operator's own AWS identity (default chain: IRSA, instance profile,
+    /// environment). Off: such classes are refused, so that whoever may
+    /// create a class cannot act with the operator's identity.
+    #[arg(
+        long,
+        env = "MCM_ALLOW_OPERATOR_CREDENTIALS",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        default_value_t = false,
+        action = ArgAction::Set
+    )]
+    allow_operator_credentials: bool,
+
+    /// Role ARNs the operator's own identity may assume for a MachineClass
+    /// whose Secret holds only a roleARN (comma-separated globs, `*` and
+    /// `?`, e.g. `arn:aws:iam::123456789012:role/mcm-*`). Needs
+    /// --allow-operator-credentials; empty: no such role.
+    #[arg(long, env = "MCM_ASSUME_ROLE_ARN_PATTERNS", value_delimiter = ',', value_parser = arn_pattern)]
+    assume_role_arn_patterns: Vec<String>,
 }
 
 /// A listen address, or `None` when disabled.
@@ -138,6 +160,15 @@ struct BindAddress(Option<SocketAddr>);
 
 fn bind_address(s: &str) -> Result<BindAddress, String> {
     parse_bind_address(s).map(BindAddress)
+}
+
+/// A role ARN pattern, or the empty string (an empty list, as the chart
+/// passes it).
+fn arn_pattern(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Ok(String::new());
+    }
+    s.parse::<ArnPattern>().map(|p| p.to_string())
 }
 
 /// Parses Go-style durations (`30s`, `20m`, `2h`, `1h30m`).
@@ -182,6 +213,27 @@ async fn client_for(kubeconfig: Option<&PathBuf>, retry_throttled: bool) -> Resu
     };
     config.default_retry = retry_throttled;
     Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))
+}
+
+/// The credential policy of the flags, logged once: which identities a
+/// MachineClass may make the operator act as.
+fn credential_policy(allow_operator_credentials: bool, patterns: &[String]) -> CredentialPolicy {
+    let patterns: Vec<ArnPattern> = patterns.iter().filter_map(|p| p.parse().ok()).collect();
+    if !allow_operator_credentials && !patterns.is_empty() {
+        warn!("--assume-role-arn-patterns has no effect without --allow-operator-credentials");
+    }
+    let shown: Vec<String> = patterns.iter().map(ToString::to_string).collect();
+    info!(
+        allow_operator_credentials,
+        assume_role_arn_patterns = %shown.join(","),
+        "MachineClasses may use the credentials in their Secrets{}",
+        if allow_operator_credentials {
+            " and the operator's own AWS identity"
+        } else {
+            " only"
+        }
+    );
+    CredentialPolicy::from_flags(allow_operator_credentials, patterns)
 }
 
 #[tokio::main]
@@ -242,7 +294,12 @@ async fn reconcile(
     let target = client_for(cli.target_kubeconfig.as_ref(), false)
         .await
         .map_err(|e| format!("target cluster: {e}"))?;
+    let credentials = credential_policy(
+        cli.allow_operator_credentials,
+        &cli.assume_role_arn_patterns,
+    );
     let config = ControllerConfig {
+        credentials,
         namespace: cli.namespace,
         creation_timeout: cli.machine_creation_timeout,
         health_timeout: cli.machine_health_timeout,
@@ -356,6 +413,37 @@ mod tests {
         );
         assert!(!cli.leader_elect);
         assert_eq!(cli.leader_election_lease_duration, Duration::from_secs(15));
+        assert!(
+            !cli.allow_operator_credentials,
+            "the operator's identity is opt-in"
+        );
+        assert!(cli.assume_role_arn_patterns.is_empty());
+    }
+
+    #[test]
+    fn operator_credentials_and_role_patterns_are_opt_in_flags() {
+        let cli = Cli::parse_from([
+            "machine-controller",
+            "--allow-operator-credentials",
+            "--assume-role-arn-patterns=arn:aws:iam::123456789012:role/mcm-*,arn:aws:iam::*:role/x",
+        ]);
+        assert!(cli.allow_operator_credentials);
+        let policy = credential_policy(true, &cli.assume_role_arn_patterns);
+        assert_eq!(policy.assume_role_arn_patterns.len(), 2);
+        // As the chart passes them when unset.
+        let chart = Cli::parse_from([
+            "machine-controller",
+            "--allow-operator-credentials=false",
+            "--assume-role-arn-patterns=",
+        ]);
+        assert!(!chart.allow_operator_credentials);
+        let policy = credential_policy(false, &chart.assume_role_arn_patterns);
+        assert!(policy.assume_role_arn_patterns.is_empty());
+        assert!(
+            Cli::try_parse_from(["machine-controller", "--assume-role-arn-patterns=mcm-*"])
+                .is_err(),
+            "a pattern must be an ARN"
+        );
     }
 
     #[test]

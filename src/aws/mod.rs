@@ -3,6 +3,7 @@
 //! instances.
 
 pub mod clients;
+pub mod credential_policy;
 pub mod credentials;
 pub mod errors;
 pub mod images;

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::aws::credential_policy::CredentialPolicy;
+
 /// MCM's default node conditions that make a machine unhealthy when true.
 pub const DEFAULT_NODE_CONDITIONS: &[&str] = &[
     "KernelDeadlock",
@@ -32,6 +34,9 @@ pub struct ControllerConfig {
     pub orphan_collection_interval: Duration,
     /// Reconciles running at once per controller.
     pub concurrency: u16,
+    /// Which identities a MachineClass may make the operator act as
+    /// (default: only credentials the class brings).
+    pub credentials: CredentialPolicy,
 }
 
 impl Default for ControllerConfig {
@@ -49,6 +54,7 @@ impl Default for ControllerConfig {
             instance_sync_period: Duration::from_secs(30),
             orphan_collection_interval: Duration::from_secs(15 * 60),
             concurrency: 16,
+            credentials: CredentialPolicy::default(),
         }
     }
 }

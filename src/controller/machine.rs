@@ -42,7 +42,7 @@ use crate::api::shared::{
     CurrentStatus, LastOperation, MachineOperationType, MachinePhase, MachineState,
 };
 use crate::aws::clients::Ec2Handle;
-use crate::aws::credentials::{CredentialSource, user_data};
+use crate::aws::credentials::user_data;
 use crate::aws::errors::{Ec2Error, ErrorClass};
 use crate::aws::instances::{self, InstanceInfo, InstanceState, instance_id_from_provider_id};
 use crate::aws::launch::{
@@ -122,7 +122,11 @@ async fn resolve(m: &Machine, ctx: &Context) -> Result<Resolved> {
     let ns = m.namespace().unwrap_or_default();
     let LoadedClass { class, secret_data } =
         drift::load_class(&ctx.client, &ns, &m.spec.class.name).await?;
-    let source = CredentialSource::from_secret_data(&secret_data);
+    let source = ctx
+        .config
+        .credentials
+        .credentials_for(&secret_data, &drift::secret_refs(&class))
+        .map_err(|refused| Error::Invalid(refused.to_string()))?;
     let handle = ctx.ec2.get(&source, &class.provider_spec.region).await;
     let effective = EffectiveSpec::of(&class.provider_spec, user_data(&secret_data).as_deref());
     Ok(Resolved {
@@ -137,7 +141,24 @@ async fn resolve(m: &Machine, ctx: &Context) -> Result<Resolved> {
 
 async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
     let resolved = resolve(m, ctx).await;
-    let home = home(m, ctx, resolved.as_ref().ok()).await?;
+    let home = match home(m, ctx, resolved.as_ref().ok()).await {
+        // The Secrets of its launch are gone or refused: say so on the
+        // Machine rather than only in the operator's log.
+        Err(e @ Error::Invalid(_)) => {
+            let msg = e.to_string();
+            report_failure(
+                m,
+                ctx,
+                MachineOperationType::Create,
+                "InvalidArgument",
+                &msg,
+                true,
+            )
+            .await?;
+            return Err(e);
+        }
+        home => home?,
+    };
     let (resolved, home) = match (resolved, home) {
         (Ok(r), home) => (r, home),
         // A class that went bad after the launch: the instance still lives
@@ -269,7 +290,11 @@ async fn home(
         Some(r) if drift::secret_refs(&r.class) == refs => r.secret_data.clone(),
         _ => drift::load_secret_data(&ctx.client, &refs).await?,
     };
-    let source = CredentialSource::from_secret_data(&data);
+    let source = ctx
+        .config
+        .credentials
+        .credentials_for(&data, &refs)
+        .map_err(|refused| Error::Invalid(refused.to_string()))?;
     Ok(Some((ctx.ec2.get(&source, &region).await, region)))
 }
 

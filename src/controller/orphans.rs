@@ -18,7 +18,7 @@ use aws_sdk_ec2::types::Filter;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::context::Context;
 use super::error::Result;
@@ -155,7 +155,8 @@ fn claims<'a>(machines: impl Iterator<Item = &'a Machine>) -> (BTreeSet<String>,
     (uids, ids)
 }
 
-/// The credentials of a class, or `None` when its Secrets are unreadable.
+/// The credentials of a class, or `None` when its Secrets are unreadable or
+/// the credential policy refuses them (its Machines say why).
 pub(crate) async fn class_credentials(
     ctx: &Context,
     class: &MachineClass,
@@ -187,7 +188,17 @@ pub(crate) async fn class_credentials(
         secrets.push(secret);
     }
     let data = merge_secret_data(secrets[0].as_ref(), secrets[1].as_ref());
-    Some(CredentialSource::from_secret_data(&data))
+    match ctx
+        .config
+        .credentials
+        .credentials_for(&data, &super::drift::secret_refs(class))
+    {
+        Ok(source) => Some(source),
+        Err(refused) => {
+            debug!(class = %class.name_any(), %refused, "skipping a class whose credentials are refused");
+            None
+        }
+    }
 }
 
 /// Whether an instance (already known to carry the cluster and role tags)

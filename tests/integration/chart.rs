@@ -403,6 +403,36 @@ fn optional_pieces_render_when_asked_for() {
     assert_eq!(monitor[0]["spec"]["endpoints"][0]["port"], "metrics");
 }
 
+/// The operator's own AWS identity is lent to MachineClasses only when the
+/// values ask for it.
+#[test]
+fn operator_credentials_are_off_unless_the_values_turn_them_on() {
+    let default = args(&template(&[]));
+    assert!(
+        default.contains(&"--allow-operator-credentials=false".into()),
+        "{default:?}"
+    );
+    assert!(
+        default.contains(&"--assume-role-arn-patterns=".into()),
+        "{default:?}"
+    );
+    let on = args(&template(&[
+        "aws.allowOperatorCredentials=true",
+        "aws.assumeRoleArnPatterns={arn:aws:iam::123456789012:role/mcm-*,arn:aws:iam::*:role/shared}",
+    ]));
+    assert!(
+        on.contains(&"--allow-operator-credentials=true".into()),
+        "{on:?}"
+    );
+    assert!(
+        on.contains(
+            &"--assume-role-arn-patterns=arn:aws:iam::123456789012:role/mcm-*,arn:aws:iam::*:role/shared"
+                .into()
+        ),
+        "{on:?}"
+    );
+}
+
 #[test]
 fn values_schema_rejects_wrong_types_and_unknown_keys() {
     for (values, expected) in [
@@ -417,6 +447,14 @@ fn values_schema_rejects_wrong_types_and_unknown_keys() {
         (&["leaderElection.enabled=yes please"][..], "enabled"),
         (&["metrics.port=80800"][..], "port"),
         (&["serviceAccount.annotation.x=y"][..], "annotation"),
+        (
+            &["aws.allowOperatorCredentials=maybe"][..],
+            "allowOperatorCredentials",
+        ),
+        (
+            &["aws.assumeRoleArnPatterns={mcm-*}"][..],
+            "assumeRoleArnPatterns",
+        ),
     ] {
         let err = template_error(values);
         assert!(err.contains(expected), "{values:?}: {err}");
