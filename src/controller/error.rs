@@ -62,6 +62,15 @@ impl Error {
         matches!(self.inner(), Error::Waiting { .. })
     }
 
+    /// The code for `status.lastOperation.errorCode`: the EC2 error's, else
+    /// `Internal`.
+    pub fn mcm_code(&self) -> &'static str {
+        match self.inner() {
+            Error::Ec2(e) => e.mcm_code(),
+            _ => "Internal",
+        }
+    }
+
     /// The EC2 error class, if this came from EC2.
     pub fn ec2_class(&self) -> Option<ErrorClass> {
         match self.inner() {

@@ -166,8 +166,14 @@ async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
         // status stays; only new launches wait for the class to be fixed.
         (Err(Error::Invalid(problem)), Some((handle, region))) => {
             warn!(machine = %m.name_any(), %problem, "class unusable; watching the existing instance only");
-            let instance = locate(m, &handle, ctx).await?;
-            return observe(m, ctx, instance.as_ref(), &region, None).await;
+            let instance = reported(
+                m,
+                ctx,
+                "Looking up the instance",
+                locate(m, &handle, ctx).await,
+            )
+            .await?;
+            return observe(m, ctx, instance.as_ref(), &region, None, None).await;
         }
         (Err(e @ Error::Invalid(_)), None) => {
             report_failure(
@@ -191,7 +197,14 @@ async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
         ),
     };
 
-    let instance = match locate(m, &handle, ctx).await? {
+    let instance = match reported(
+        m,
+        ctx,
+        "Looking up the instance",
+        locate(m, &handle, ctx).await,
+    )
+    .await?
+    {
         Some(i) => i,
         None if m.spec.provider_id.is_some() => {
             // EC2's reads are eventually consistent: a just-launched instance
@@ -200,7 +213,7 @@ async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
                 return Ok(Action::requeue(RECHECK_SOON));
             }
             // The instance we launched is gone from EC2 altogether.
-            return observe(m, ctx, None, &region, None).await;
+            return observe(m, ctx, None, &region, None, None).await;
         }
         // Failed without an instance (its creation timed out): the set
         // replaces it; nothing more to launch.
@@ -221,28 +234,64 @@ async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
     // lost in a crash) take the class as it is now as their baseline.
     let recorded = launch_record(m, &resolved);
     ensure_identity(m, ctx, &instance, &region, &recorded).await?;
+    let mut failed_update = None;
     if !instance.state.is_gone() {
         // Tags are bookkeeping: a refused CreateTags/DeleteTags (e.g. a
-        // policy without ec2:CreateTags) is reported, and health checks and
-        // phases go on.
+        // policy without ec2:CreateTags) is reported (Event, lastOperation),
+        // and health checks and phases go on.
         if let Err(e) = sync_tags(m, ctx, &resolved, &handle, &instance, &recorded).await {
             warn!(machine = %m.name_any(), error = %e, "could not update the instance's tags");
+            let description = format!("Updating the tags of instance {} failed: {e}", instance.id);
             publish(
                 ctx,
                 m,
                 EventType::Warning,
                 "TagsFailed",
                 "Update",
-                format!("Updating the tags of instance {} failed: {e}", instance.id),
+                description.clone(),
             )
             .await;
+            failed_update = Some((description, e.mcm_code()));
         }
         if instance.state == InstanceState::Running {
-            ensure_post_launch(ctx, &handle, &instance, &resolved.class.provider_spec).await?;
+            let post_launch =
+                ensure_post_launch(ctx, &handle, &instance, &resolved.class.provider_spec).await;
+            reported(
+                m,
+                ctx,
+                "Applying the settings EC2 takes only after launch",
+                post_launch,
+            )
+            .await?;
         }
     }
     let drift = drift_condition(m, &resolved, &recorded);
-    observe(m, ctx, Some(&instance), &region, Some(drift)).await
+    observe(m, ctx, Some(&instance), &region, Some(drift), failed_update).await
+}
+
+/// `result` of an apply step, with an EC2 failure that needs a human (a
+/// missing permission, a parameter EC2 refuses) reported in
+/// `lastOperation` and a Warning Event first; other failures are retried
+/// soon and only logged. The next pass that gets through clears the report.
+async fn reported<T>(m: &Machine, ctx: &Context, step: &str, result: Result<T>) -> Result<T> {
+    match result {
+        Err(Error::Ec2(e))
+            if matches!(e.class, ErrorClass::Unauthorized | ErrorClass::InvalidInput) =>
+        {
+            let description = format!("{step} failed: {e}");
+            report_failure(
+                m,
+                ctx,
+                MachineOperationType::Create,
+                e.mcm_code(),
+                &description,
+                false,
+            )
+            .await?;
+            Err(Error::Ec2(e))
+        }
+        other => other,
+    }
 }
 
 /// Where the Machine's instance lives, when a launch was ever attempted: the
@@ -950,12 +999,17 @@ fn timeouts(m: &Machine, ctx: &Context) -> Timeouts {
 }
 
 /// Phase from instance + Node, written to the status when it changed.
+/// `failed_update` (description, MCM code) is an in-place update of this
+/// pass that failed: it becomes `lastOperation` unless the phase changed. A
+/// failure reported by an earlier pass is replaced by the phase's
+/// description once a pass gets here without one.
 async fn observe(
     m: &Machine,
     ctx: &Context,
     instance: Option<&InstanceInfo>,
     _region: &str,
     drift: Option<(&'static str, &'static str, String)>,
+    failed_update: Option<(String, &'static str)>,
 ) -> Result<Action> {
     let node = instance.and_then(|i| node_for(ctx, m, i));
     let created = m
@@ -1001,7 +1055,25 @@ async fn observe(
         last_update_time: Some(Time(decision.since)),
         ..old.current_status.clone()
     };
-    if changed_phase {
+    // A create or update step reported failing by an earlier pass, that
+    // this pass got through. (Failed machines keep their last words.)
+    let earlier_failure = old.last_operation.state == Some(MachineState::Failed)
+        && matches!(
+            old.last_operation.type_,
+            Some(MachineOperationType::Create | MachineOperationType::Update)
+        )
+        && decision.phase != MachinePhase::Failed;
+    if let (false, Some((description, code))) = (changed_phase, &failed_update) {
+        if old.last_operation.description != *description {
+            status.last_operation = LastOperation {
+                description: description.clone(),
+                error_code: Some(code.to_string()),
+                last_update_time: Some(Time(Timestamp::now())),
+                state: Some(MachineState::Failed),
+                type_: Some(MachineOperationType::Update),
+            };
+        }
+    } else if changed_phase || earlier_failure {
         let (state, type_) = match decision.phase {
             MachinePhase::Running => (MachineState::Successful, MachineOperationType::Create),
             MachinePhase::Failed => (MachineState::Failed, MachineOperationType::HealthCheck),
@@ -1511,10 +1583,7 @@ async fn wait_for_shutting_down(m: &Machine, ctx: &Context, ids: &[&str]) -> Res
 /// (e.g. TerminateInstances refused: UnauthorizedOperation, termination
 /// protection; a drain the API server refused). The deletion is retried.
 async fn report_delete_failure(m: &Machine, ctx: &Context, e: &Error) {
-    let code = match e.inner() {
-        Error::Ec2(ec2) => ec2.mcm_code(),
-        _ => "Internal",
-    };
+    let code = e.mcm_code();
     let description = format!("Deleting the machine failed: {e}");
     if let Err(status_err) = report_failure(
         m,
