@@ -6,6 +6,7 @@ pub mod clients;
 pub mod credential_policy;
 pub mod credentials;
 pub mod errors;
+pub mod iam_policy;
 pub mod images;
 pub mod instances;
 pub mod launch;
