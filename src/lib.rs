@@ -6,7 +6,8 @@
 //!   schema cannot express.
 //! - [`aws`]: EC2 clients, request building, error classes, rate limiting.
 //! - [`controller`]: the reconcilers.
-//! - [`admin`], [`health`], [`metrics`]: `/metrics`, `/livez`, `/readyz`.
+//! - [`admin`], [`health`], [`metrics`]: `/metrics`, `/livez`, `/readyz`;
+//!   [`logging`]: the log filter (secret-printing SDK targets held back).
 //! - [`leader`]: leader election on a Lease; [`shutdown`]: the SIGTERM signal.
 pub mod admin;
 pub mod api;
@@ -14,5 +15,6 @@ pub mod aws;
 pub mod controller;
 pub mod health;
 pub mod leader;
+pub mod logging;
 pub mod metrics;
 pub mod shutdown;

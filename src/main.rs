@@ -29,10 +29,10 @@ use mcm_provider_aws::aws::credential_policy::{ArnPattern, CredentialPolicy};
 use mcm_provider_aws::controller::{self, ControllerConfig};
 use mcm_provider_aws::health::{CACHES, Check, EC2_CREDENTIALS, Health, LEADER_ELECTION};
 use mcm_provider_aws::leader::{Election, LeaderElectionConfig, default_identity};
+use mcm_provider_aws::logging;
 use mcm_provider_aws::metrics::Metrics;
 use mcm_provider_aws::shutdown::Shutdown;
 use tracing::{error, info, warn};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogFormat {
@@ -185,7 +185,8 @@ fn duration(s: &str) -> Result<Duration, String> {
 }
 
 fn init_logging(format: LogFormat, level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = logging::filter(rust_log.as_deref(), level);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stdout().is_terminal());
