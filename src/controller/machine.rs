@@ -819,7 +819,7 @@ async fn initialize(handle: &Ec2Handle, id: &str, actions: &[PostLaunchAction]) 
 /// Records a failed launch in the status (CrashLoopBackOff, MCM's phase for
 /// failing creations) and turns it into the reconcile error.
 async fn launch_failed(m: &Machine, ctx: &Context, r: &Resolved, e: Ec2Error) -> Error {
-    let code = e.class.mcm_code();
+    let code = e.mcm_code();
     // Whatever failed, the status write below must not trigger an
     // immediate retry; a class change lifts the hold.
     let class_version = class_version(&r.class);
