@@ -7,7 +7,6 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};
-use mcm_provider_aws::api::machine::Machine;
 use mcm_provider_aws::api::machine_class::MachineClass;
 use mcm_provider_aws::api::shared::MachinePhase;
 use mcm_provider_aws::aws::tags::MACHINE_NAME_TAG;
@@ -19,20 +18,6 @@ use crate::support::wait::eventually_or;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-async fn wait_description(s: &Scenario, name: &str, needle: &str) -> Machine {
-    eventually_or(
-        &format!("machine {name} to report {needle:?}"),
-        MINUTE,
-        || async {
-            let m = s.machines().get_opt(name).await.ok().flatten()?;
-            let op = m.status.clone()?.last_operation;
-            op.description.contains(needle).then_some(m)
-        },
-        || s.op.log(),
-    )
-    .await
-}
-
 #[tokio::test]
 async fn invalid_class_is_reported_and_fixing_it_recovers() {
     let s = Scenario::start("invalid").await;
@@ -42,7 +27,7 @@ async fn invalid_class_is_reported_and_fixing_it_recovers() {
     })
     .await;
     s.create_machine("m1").await;
-    let m = wait_description(&s, "m1", "kubernetes.io/role/").await;
+    let m = s.wait_description("m1", "kubernetes.io/role/").await;
     let status = m.status.unwrap();
     assert_eq!(
         status.last_operation.error_code.as_deref(),
@@ -93,7 +78,7 @@ async fn unknown_ami_fails_fast_with_the_aws_message_and_recovers() {
     })
     .await;
     s.create_machine("m1").await;
-    let m = wait_description(&s, "m1", "InvalidAMIID").await;
+    let m = s.wait_description("m1", "InvalidAMIID").await;
     assert_eq!(
         m.status.unwrap().last_operation.error_code.as_deref(),
         Some("InvalidArgument")
@@ -176,35 +161,16 @@ async fn orphaned_instances_are_terminated_and_others_left_alone() {
     s.wait_phase("keep", MachinePhase::Running, 2 * MINUTE)
         .await;
 
-    let run = |tags: Vec<(String, String)>| {
-        let ec2 = s.ec2.clone();
-        let (ami, subnet) = (s.net.ami.clone(), s.net.subnet_id.clone());
-        async move {
-            let spec = tags.into_iter().fold(
-                aws_sdk_ec2::types::TagSpecification::builder()
-                    .resource_type(aws_sdk_ec2::types::ResourceType::Instance),
-                |b, (k, v)| b.tags(aws_sdk_ec2::types::Tag::builder().key(k).value(v).build()),
-            );
-            let out = ec2
-                .run_instances()
-                .image_id(ami)
-                .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
-                .subnet_id(subnet)
-                .min_count(1)
-                .max_count(1)
-                .tag_specifications(spec.build())
-                .send()
-                .await
-                .unwrap();
-            out.instances()[0].instance_id().unwrap().to_string()
-        }
-    };
     let cluster = (format!("kubernetes.io/cluster/{}", s.ns), "1".to_string());
     let role = ("kubernetes.io/role/node".to_string(), "1".to_string());
     let ours = (MACHINE_NAME_TAG.to_string(), format!("{}/ghost", s.ns));
-    let orphan = run(vec![cluster.clone(), role.clone(), ours.clone()]).await;
-    let no_role = run(vec![cluster.clone(), ours.clone()]).await;
-    let untagged = run(vec![ours]).await;
+    let orphan = s
+        .run_tagged_instance(vec![cluster.clone(), role.clone(), ours.clone()])
+        .await;
+    let no_role = s
+        .run_tagged_instance(vec![cluster.clone(), ours.clone()])
+        .await;
+    let untagged = s.run_tagged_instance(vec![ours]).await;
 
     eventually_or(
         "the orphan to be terminated",

@@ -13,6 +13,7 @@ use aws_sdk_ec2::types::{
 };
 
 use super::env;
+use super::iam::Keys;
 pub use super::instances::{state, tag, try_instances_of_namespace};
 
 /// The region every test works in.
@@ -27,15 +28,24 @@ static NEXT_CIDR: AtomicU32 = AtomicU32::new(1);
 /// An EC2 client for the environment's moto, in [`REGION`], with the static
 /// test credentials moto accepts.
 pub async fn client() -> aws_sdk_ec2::Client {
+    let keys = Keys {
+        id: "testing".into(),
+        secret: "testing".into(),
+    };
+    client_at(env().var("AWS_ENDPOINT_URL_EC2"), &keys).await
+}
+
+/// An EC2 client for the moto at `url`, in [`REGION`], with `keys`.
+pub async fn client_at(url: &str, keys: &Keys) -> aws_sdk_ec2::Client {
     // kube and the AWS SDK both use rustls: one process-wide provider.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let config = aws_sdk_ec2::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(REGION))
-        .endpoint_url(env().var("AWS_ENDPOINT_URL_EC2"))
+        .endpoint_url(url)
         .credentials_provider(Credentials::new(
-            "testing",
-            "testing",
+            &keys.id,
+            &keys.secret,
             None,
             None,
             "mcm-integration-tests",
@@ -91,7 +101,9 @@ pub async fn network(ec2: &aws_sdk_ec2::Client) -> Network {
         .create_security_group()
         .vpc_id(&vpc_id)
         .group_name(format!("mcm-test-{n}"))
-        .description("mcm-provider-aws integration test")
+        // No spaces: an IAM-enforcing moto (5.2.5) refuses the signature of
+        // a request with a space in a form value (AuthFailure).
+        .description("mcm-provider-aws-integration-test")
         .send()
         .await
         .unwrap_or_else(|e| panic!("CreateSecurityGroup in {vpc_id}: {e:?}"))

@@ -25,6 +25,7 @@ use kube::{Client, Config};
 
 pub mod ec2;
 pub mod fixtures;
+pub mod iam;
 pub mod instances;
 pub mod kubelet;
 pub mod operator;
@@ -47,6 +48,21 @@ static NS_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Field manager used by tests that apply objects.
 pub const TEST_MANAGER: &str = "mcm-provider-aws-tests";
+/// Runs a program with a parent-death signal (util-linux).
+const SETPRIV: &str = "/usr/bin/setpriv";
+
+/// A command for a child process that must not outlive the test thread
+/// that starts it, even when the test binary is killed: on Linux it runs
+/// under `setpriv --pdeathsig KILL`.
+pub fn child_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    if Path::new(SETPRIV).exists() {
+        let mut cmd = Command::new(SETPRIV);
+        cmd.args(["--pdeathsig", "KILL", "--"]).arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -20,12 +20,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use super::ec2::REGION;
-use super::env;
+use super::{child_command, env};
 
 /// The operator binary Cargo built for this test run.
 const BINARY: &str = env!("CARGO_BIN_EXE_machine-controller");
-/// Runs a program with a parent-death signal (util-linux).
-const SETPRIV: &str = "/usr/bin/setpriv";
 
 /// A running (or killed) operator process; see the module docs.
 pub struct Operator {
@@ -34,6 +32,10 @@ pub struct Operator {
     log_path: PathBuf,
     /// EC2 endpoint the operator talks to (moto, or a fault proxy before it).
     ec2_endpoint: String,
+    /// STS endpoint the operator talks to.
+    sts_endpoint: String,
+    /// Environment variables set on top of the defaults.
+    extra_env: Vec<(String, String)>,
     /// Kubeconfig of the control cluster.
     kubeconfig: PathBuf,
     child: Option<Child>,
@@ -48,6 +50,10 @@ pub struct Launch {
     pub name: Option<String>,
     /// EC2 endpoint (default: the environment's moto).
     pub ec2_endpoint: Option<String>,
+    /// STS endpoint (default: the environment's moto).
+    pub sts_endpoint: Option<String>,
+    /// More environment variables of the process (e.g. `RUST_LOG`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Operator {
@@ -80,6 +86,10 @@ impl Operator {
             ec2_endpoint: launch
                 .ec2_endpoint
                 .unwrap_or_else(|| env().var("AWS_ENDPOINT_URL_EC2").to_string()),
+            sts_endpoint: launch
+                .sts_endpoint
+                .unwrap_or_else(|| env().var("MCM_TEST_MOTO_URL").to_string()),
+            extra_env: launch.env,
             kubeconfig: launch
                 .kubeconfig
                 .unwrap_or_else(|| env().kubeconfig().to_path_buf()),
@@ -119,18 +129,12 @@ impl Operator {
             "=== test harness: starting {BINARY} {}",
             args.join(" ")
         );
-        let mut cmd = if Path::new(SETPRIV).exists() {
-            let mut cmd = Command::new(SETPRIV);
-            cmd.args(["--pdeathsig", "KILL", "--", BINARY]);
-            cmd
-        } else {
-            Command::new(BINARY)
-        };
+        let mut cmd = child_command(BINARY);
         cmd.args(&args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("AWS_ENDPOINT_URL_EC2", &self.ec2_endpoint)
             // STS (web identity, AssumeRole) is served by moto as well.
-            .env("AWS_ENDPOINT_URL_STS", env().var("MCM_TEST_MOTO_URL"))
+            .env("AWS_ENDPOINT_URL_STS", &self.sts_endpoint)
             .env("AWS_REGION", REGION)
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
@@ -144,6 +148,7 @@ impl Operator {
             .env_remove("MCM_NAMESPACE")
             .env_remove("MCM_TARGET_KUBECONFIG")
             .env_remove("POD_NAMESPACE")
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(clone(&log)))
             .stderr(Stdio::from(log));

@@ -1,24 +1,29 @@
 //! One line per scenario: a namespace with its own VPC/subnet in moto, an
 //! instance profile, a credentials Secret, a valid MachineClass, the kubelet
-//! stand-in and an operator process scoped to the namespace.
+//! stand-in and an operator process scoped to the namespace. By default on
+//! the environment's shared moto; [`Setup::cloud`] puts all of it on another
+//! (an [`IamMoto`](super::iam::IamMoto) that enforces IAM).
 
 use std::time::Duration;
 
+use aws_sdk_ec2::types::{InstanceType, ResourceType, Tag, TagSpecification};
 use k8s_openapi::api::core::v1::{Event, Node, Secret};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use mcm_provider_aws::api::machine::Machine;
 use mcm_provider_aws::api::machine_class::MachineClass;
-use mcm_provider_aws::api::shared::MachinePhase;
+use mcm_provider_aws::api::shared::{MachineOperationType, MachinePhase, MachineState};
 use serde_json::{Value, json};
 
 use super::ec2::{self, Network};
 use super::fixtures::machine;
+use super::iam::{IamMoto, Keys, iam_call};
 use super::kubelet::Kubelet;
-use super::operator::Operator;
+use super::operator::{Launch, Operator};
 use super::proxy::FaultProxy;
 use super::wait::eventually_or;
-use super::{TEST_MANAGER, env, install_crds, namespace};
+use super::{TEST_MANAGER, TestEnv, env, install_crds, namespace};
 
 pub const CLASS: &str = "workers";
 pub const SECRET: &str = "aws";
@@ -37,84 +42,177 @@ pub struct Scenario {
     pub kubelet: Kubelet,
     pub op: Operator,
     pub proxy: Option<FaultProxy>,
+    pub cloud: Cloud,
 }
 
-/// Creates an IAM instance profile in moto (the operator's class needs one;
-/// there is no IAM SDK among our crates, so this speaks the query protocol).
-pub fn instance_profile(name: &str) {
-    let out = std::process::Command::new("curl")
-        .args([
-            "-sf",
-            "-X",
-            "POST",
-            &format!("{}/", env().var("MCM_TEST_MOTO_URL")),
-            "-H",
-            "Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=0",
-            "-H",
-            "Content-Type: application/x-www-form-urlencoded",
-            "-d",
-            &format!("Action=CreateInstanceProfile&InstanceProfileName={name}&Version=2010-05-08"),
-        ])
-        .output()
-        .expect("run curl");
-    assert!(
-        out.status.success(),
-        "CreateInstanceProfile {name}: {}",
-        String::from_utf8_lossy(&out.stdout)
+/// The moto a scenario runs against (EC2, STS and IAM on one URL) and the
+/// keys of its parts.
+#[derive(Clone, Debug)]
+pub struct Cloud {
+    pub url: String,
+    /// Keys of the test's own EC2 client (setup, kubelet stand-in, checks).
+    pub test_keys: Keys,
+    /// Keys the class's Secret holds.
+    pub class_keys: Keys,
+    /// Keys that sign the test's IAM calls; `None`: moto checks nothing.
+    pub iam_keys: Option<Keys>,
+}
+
+impl Cloud {
+    /// The environment's moto, which takes any key.
+    pub fn shared() -> Cloud {
+        Cloud {
+            url: env().var("MCM_TEST_MOTO_URL").to_string(),
+            test_keys: Keys {
+                id: "testing".into(),
+                secret: "testing".into(),
+            },
+            class_keys: Keys {
+                id: "testing".into(),
+                secret: "testing-secret".into(),
+            },
+            iam_keys: None,
+        }
+    }
+
+    /// `moto`, set up by its administrator, with `class_keys` in the
+    /// class's Secret.
+    pub fn iam(moto: &IamMoto, class_keys: Keys) -> Cloud {
+        Cloud {
+            url: moto.url.clone(),
+            test_keys: moto.admin.clone(),
+            class_keys,
+            iam_keys: Some(moto.admin.clone()),
+        }
+    }
+}
+
+/// How [`Scenario::start_setup`] builds a scenario; `Setup::default()` is
+/// [`Scenario::start`].
+pub struct Setup<'a> {
+    /// The operator reaches EC2 through a [`FaultProxy`].
+    pub proxy: bool,
+    /// Operator flags beyond [`FAST_FLAGS`].
+    pub flags: &'a [&'a str],
+    /// The Nodes live in this API server (`--target-kubeconfig`).
+    pub target: Option<&'static TestEnv>,
+    /// Where EC2 is (default: the shared moto).
+    pub cloud: Cloud,
+    /// The class Secret's `stringData` (default: the cloud's class keys and
+    /// a small userData).
+    pub secret: Option<Value>,
+    /// More environment variables of the operator.
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for Setup<'_> {
+    fn default() -> Self {
+        Setup {
+            proxy: false,
+            flags: &[],
+            target: None,
+            cloud: Cloud::shared(),
+            secret: None,
+            env: Vec::new(),
+        }
+    }
+}
+
+/// Creates instance profile `name` holding role `role` (which EC2 may
+/// assume) in the moto at `url`, signing with `keys` when moto checks.
+pub fn instance_profile_with_role(url: &str, keys: Option<&Keys>, name: &str, role: &str) {
+    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+    iam_call(
+        url,
+        keys,
+        "CreateRole",
+        &[("RoleName", role), ("AssumeRolePolicyDocument", trust)],
+    );
+    iam_call(
+        url,
+        keys,
+        "CreateInstanceProfile",
+        &[("InstanceProfileName", name)],
+    );
+    iam_call(
+        url,
+        keys,
+        "AddRoleToInstanceProfile",
+        &[("InstanceProfileName", name), ("RoleName", role)],
     );
 }
 
 impl Scenario {
     /// Everything up, operator talking to moto directly.
     pub async fn start(prefix: &str) -> Scenario {
-        Self::start_with(prefix, false, &[]).await
+        Self::start_setup(prefix, Setup::default()).await
     }
 
     /// Everything up; with `proxy`, the operator reaches moto through a
     /// [`FaultProxy`].
-    pub async fn start_with(prefix: &str, proxy: bool, extra_flags: &[&str]) -> Scenario {
-        Self::start_opts(prefix, proxy, extra_flags, None).await
+    pub async fn start_with(prefix: &str, proxy: bool, flags: &[&str]) -> Scenario {
+        Self::start_setup(
+            prefix,
+            Setup {
+                proxy,
+                flags,
+                ..Setup::default()
+            },
+        )
+        .await
     }
 
     /// Everything up, with the Nodes (kubelet stand-in) in `target`'s API
     /// server and the operator pointed there with `--target-kubeconfig`.
-    pub async fn start_with_target(prefix: &str, target: &'static super::TestEnv) -> Scenario {
-        Self::start_opts(prefix, false, &[], Some(target)).await
+    pub async fn start_with_target(prefix: &str, target: &'static TestEnv) -> Scenario {
+        Self::start_setup(
+            prefix,
+            Setup {
+                target: Some(target),
+                ..Setup::default()
+            },
+        )
+        .await
     }
 
-    async fn start_opts(
-        prefix: &str,
-        proxy: bool,
-        extra_flags: &[&str],
-        target: Option<&'static super::TestEnv>,
-    ) -> Scenario {
+    /// Everything up as `setup` says. The instance profile is
+    /// `profile-<ns>` with role `<ns>-nodes` (the namespace is the cluster
+    /// name of the class's `kubernetes.io/cluster/<ns>` tag).
+    pub async fn start_setup(prefix: &str, setup: Setup<'_>) -> Scenario {
+        let Setup {
+            proxy,
+            flags: extra_flags,
+            target,
+            cloud,
+            secret,
+            env: extra_env,
+        } = setup;
         let client = env().client().await;
         install_crds(&client).await;
         let ns = namespace(&client, prefix).await;
-        let ec2 = ec2::client().await;
+        let ec2 = ec2::client_at(&cloud.url, &cloud.test_keys).await;
         let net = ec2::network(&ec2).await;
-        instance_profile(&format!("profile-{ns}"));
-        let secret: Secret = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": SECRET, "namespace": ns},
-            "stringData": {
-                "providerAccessKeyId": "testing",
-                "providerSecretAccessKey": "testing-secret",
+        instance_profile_with_role(
+            &cloud.url,
+            cloud.iam_keys.as_ref(),
+            &format!("profile-{ns}"),
+            &format!("{ns}-nodes"),
+        );
+        let secret = secret.unwrap_or_else(|| {
+            json!({
+                "providerAccessKeyId": cloud.class_keys.id,
+                "providerSecretAccessKey": cloud.class_keys.secret,
                 "userData": "#cloud-config\nhostname: <<MACHINE_NAME>>\n",
-            }
-        }))
-        .unwrap();
-        Api::<Secret>::namespaced(client.clone(), &ns)
-            .create(&PostParams::default(), &secret)
-            .await
-            .expect("create secret");
+            })
+        });
+        create_secret(&client, &ns, SECRET, secret).await;
         let node_client = match target {
             Some(t) => t.client().await,
             None => client.clone(),
         };
         let kubelet = Kubelet::start(node_client, ec2.clone(), &ns);
         let proxy = if proxy {
-            Some(FaultProxy::start(env().var("AWS_ENDPOINT_URL_EC2")).await)
+            Some(FaultProxy::start(&cloud.url).await)
         } else {
             None
         };
@@ -127,8 +225,14 @@ impl Scenario {
         let endpoint = proxy
             .as_ref()
             .map(|p| p.url.clone())
-            .unwrap_or_else(|| env().var("AWS_ENDPOINT_URL_EC2").to_string());
-        let op = Operator::start_with_endpoint(&ns, &flags, &endpoint);
+            .unwrap_or_else(|| cloud.url.clone());
+        let launch = Launch {
+            ec2_endpoint: Some(endpoint),
+            sts_endpoint: Some(cloud.url.clone()),
+            env: extra_env,
+            ..Launch::default()
+        };
+        let op = Operator::launch(&ns, &flags, launch);
         let scenario = Scenario {
             client,
             ns,
@@ -137,9 +241,15 @@ impl Scenario {
             kubelet,
             op,
             proxy,
+            cloud,
         };
         scenario.apply_class(CLASS, |_| {}).await;
         scenario
+    }
+
+    /// Creates Secret `name` in this namespace with `string_data`.
+    pub async fn create_secret(&self, name: &str, string_data: Value) {
+        create_secret(&self.client, &self.ns, name, string_data).await;
     }
 
     /// A valid class for this scenario's network, as JSON.
@@ -185,8 +295,13 @@ impl Scenario {
     }
 
     pub async fn create_machine(&self, name: &str) -> Machine {
+        self.create_machine_of(name, CLASS).await
+    }
+
+    /// Creates Machine `name` of MachineClass `class`.
+    pub async fn create_machine_of(&self, name: &str, class: &str) -> Machine {
         self.machines()
-            .create(&PostParams::default(), &machine(&self.ns, name, CLASS))
+            .create(&PostParams::default(), &machine(&self.ns, name, class))
             .await
             .unwrap_or_else(|e| panic!("create machine {name}: {e}"))
     }
@@ -210,6 +325,109 @@ impl Scenario {
             || self.op.log(),
         )
         .await
+    }
+
+    /// Waits until Machine `name`'s `lastOperation.description` contains
+    /// `needle`, and returns the Machine.
+    pub async fn wait_description(&self, name: &str, needle: &str) -> Machine {
+        self.wait_machine(&format!("machine {name} to report {needle:?}"), name, |m| {
+            m.status
+                .as_ref()
+                .is_some_and(|s| s.last_operation.description.contains(needle))
+        })
+        .await
+    }
+
+    /// Waits until Machine `name`'s `lastOperation` reports a failed `op`
+    /// whose description contains `needle`, and returns the Machine.
+    pub async fn wait_failure(
+        &self,
+        name: &str,
+        op: MachineOperationType,
+        needle: &str,
+    ) -> Machine {
+        let what = format!("a failed {op:?} mentioning {needle} in {name}'s lastOperation");
+        self.wait_machine(&what, name, |m| {
+            m.status.as_ref().is_some_and(|s| {
+                let last = &s.last_operation;
+                last.type_ == Some(op)
+                    && last.state == Some(MachineState::Failed)
+                    && last.description.contains(needle)
+            })
+        })
+        .await
+    }
+
+    /// Waits until Machine `name` satisfies `done`, and returns it.
+    pub async fn wait_machine(
+        &self,
+        what: &str,
+        name: &str,
+        done: impl Fn(&Machine) -> bool,
+    ) -> Machine {
+        let api = self.machines();
+        let done = &done;
+        eventually_or(
+            what,
+            Duration::from_secs(60),
+            || {
+                let api = api.clone();
+                async move { api.get_opt(name).await.ok().flatten().filter(|m| done(m)) }
+            },
+            || self.op.log(),
+        )
+        .await
+    }
+
+    /// Waits for an Event about `name` that starts with `prefix` (`"Warning
+    /// DeleteFailed"`) and mentions `needle` (Events follow the status
+    /// write, so they may lag it a little); returns it.
+    pub async fn wait_event(&self, name: &str, prefix: &str, needle: &str) -> String {
+        eventually_or(
+            &format!("an Event {prefix} about {name} mentioning {needle}"),
+            Duration::from_secs(60),
+            || async {
+                self.events_of(name)
+                    .await
+                    .into_iter()
+                    .find(|e| e.starts_with(prefix) && e.contains(needle))
+            },
+            || self.op.log(),
+        )
+        .await
+    }
+
+    /// A change to Machine `name`, so that the operator looks again at once
+    /// rather than after the long back-off for permission errors.
+    pub async fn nudge(&self, name: &str) {
+        let patch =
+            json!({"metadata": {"annotations": {"test/nudge": Timestamp::now().to_string()}}});
+        self.machines()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+    }
+
+    /// Starts an instance with `tags` in this scenario's subnet, straight
+    /// in EC2 (no Machine); returns its ID.
+    pub async fn run_tagged_instance(&self, tags: Vec<(String, String)>) -> String {
+        let spec = tags.into_iter().fold(
+            TagSpecification::builder().resource_type(ResourceType::Instance),
+            |b, (k, v)| b.tags(Tag::builder().key(k).value(v).build()),
+        );
+        let out = self
+            .ec2
+            .run_instances()
+            .image_id(&self.net.ami)
+            .instance_type(InstanceType::T3Micro)
+            .subnet_id(&self.net.subnet_id)
+            .min_count(1)
+            .max_count(1)
+            .tag_specifications(spec.build())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("RunInstances: {e:?}"));
+        out.instances()[0].instance_id().unwrap().to_string()
     }
 
     /// Waits until Machine `name` is gone from the API server.
@@ -268,4 +486,17 @@ impl Scenario {
     pub fn name_of(m: &Machine) -> String {
         m.name_any()
     }
+}
+
+async fn create_secret(client: &Client, ns: &str, name: &str, string_data: Value) {
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "namespace": ns},
+        "stringData": string_data,
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap_or_else(|e| panic!("create secret {ns}/{name}: {e}"));
 }
