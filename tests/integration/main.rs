@@ -14,6 +14,7 @@ mod deletion;
 mod fleets;
 mod harness;
 mod health;
+mod iam;
 mod leader_election;
 mod lifecycle;
 mod observability;
