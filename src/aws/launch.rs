@@ -67,7 +67,7 @@ pub struct LaunchContext<'a> {
     /// `ClientToken`) makes creation idempotent.
     pub machine_uid: &'a str,
     /// The `ClientToken` of this launch attempt (derived from the Machine UID:
-    /// see `controller::launch_record`).
+    /// see `controller::machine::launch_record`).
     pub client_token: &'a str,
     /// The class's provider spec (assumed to have passed validation; the
     /// builder still never panics on one that did not).

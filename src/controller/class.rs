@@ -33,7 +33,9 @@ fn class_in_use(ctx: &Context, ns: &str, name: &str) -> bool {
 
 /// `namespace/name` of every Secret a class references.
 fn secrets_of(class: &MachineClass) -> BTreeSet<(String, String)> {
-    super::drift::secret_ref_pairs(class).into_iter().collect()
+    super::fleet::drift::secret_ref_pairs(class)
+        .into_iter()
+        .collect()
 }
 
 /// Reconciles one class: finalizers on it and its Secrets follow its use.

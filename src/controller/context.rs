@@ -13,7 +13,7 @@ use kube::runtime::reflector::Store;
 use tokio::sync::Notify;
 
 use super::config::ControllerConfig;
-use super::drain::Drainer;
+use super::machine::drain::Drainer;
 use crate::api::machine::Machine;
 use crate::aws::clients::Ec2Clients;
 use crate::aws::images::ImageCache;

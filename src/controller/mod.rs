@@ -4,20 +4,13 @@
 pub mod class;
 pub mod config;
 pub mod context;
-pub mod drain;
-pub mod drift;
 pub mod error;
 pub mod events;
 pub mod fleet;
-pub mod launch_record;
 pub mod machine;
-pub mod machine_deployment;
-pub mod machine_set;
 pub mod orphans;
 pub mod ownership;
-pub mod phase;
 pub mod readiness;
-pub mod rollout;
 
 use std::sync::Arc;
 
@@ -157,17 +150,17 @@ pub async fn run(
         )
         .for_each(|_| future::ready(()));
 
-    let (sets, set_store) = machine_set::controller(
+    let (sets, set_store) = fleet::machine_set::controller(
         &client,
         ns.as_deref(),
         ctx.clone(),
-        metrics.instrument("machineset", machine_set::reconcile),
+        metrics.instrument("machineset", fleet::machine_set::reconcile),
     );
-    let deployments = machine_deployment::controller(
+    let deployments = fleet::machine_deployment::controller(
         &client,
         ns.as_deref(),
         ctx.clone(),
-        metrics.instrument("machinedeployment", machine_deployment::reconcile),
+        metrics.instrument("machinedeployment", fleet::machine_deployment::reconcile),
         set_store,
     );
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use kube::ResourceExt;
 use kube::api::DeleteParams;
 use mcm_provider_aws::api::shared::MachinePhase;
-use mcm_provider_aws::controller::launch_record::{LAUNCH_ANNOTATION, LaunchRecord};
+use mcm_provider_aws::controller::machine::launch_record::{LAUNCH_ANNOTATION, LaunchRecord};
 
 use crate::support::proxy::ProxyBehaviour;
 use crate::support::scenario::{CLASS, Scenario};

@@ -20,8 +20,8 @@ use mcm_provider_aws::api::machine_deployment::{
 };
 use mcm_provider_aws::api::machine_set::MachineSet;
 use mcm_provider_aws::api::shared::{ConditionStatus, MachinePhase};
-use mcm_provider_aws::controller::drift::{CONDITION_DRIFTED, REPLACE_ON_DRIFT_ANNOTATION};
-use mcm_provider_aws::controller::fleet::MACHINE_PRIORITY_ANNOTATION;
+use mcm_provider_aws::controller::fleet::census::MACHINE_PRIORITY_ANNOTATION;
+use mcm_provider_aws::controller::fleet::drift::{CONDITION_DRIFTED, REPLACE_ON_DRIFT_ANNOTATION};
 use serde_json::{Value, json};
 
 use crate::support::ec2::{self, tag};

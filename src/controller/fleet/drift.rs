@@ -26,12 +26,12 @@ use kube::{Client, ResourceExt};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::error::{Error, Result};
 use crate::api::machine_class::MachineClass;
 use crate::api::provider_spec::AWSProviderSpec;
 use crate::api::validation::{validate_provider_spec, validate_secret_data};
 use crate::aws::credentials::{merge_secret_data, user_data};
 use crate::aws::tags;
+use crate::controller::error::{Error, Result};
 
 /// Annotation on a Machine: hash of the effective provider spec its instance
 /// was launched from. On a MachineSet of a MachineDeployment: the class

@@ -8,6 +8,14 @@
 //!          of the Machine → wait until EC2 says so → delete the Node →
 //!          release the finalizer. Every step is read back from the world, so
 //!          a restart resumes where the last process stopped.
+//!
+//! Beside it in this room: [`phase`] (the phase state machine, pure),
+//! [`drain`] (cordon and evict), [`launch_record`] (what a Machine remembers
+//! of its launch).
+
+pub mod drain;
+pub mod launch_record;
+pub mod phase;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,17 +32,13 @@ use kube::runtime::finalizer::{Event, finalizer};
 use serde_json::json;
 use tracing::{info, warn};
 
+use self::drain::DrainProgress;
+use self::launch_record::{LaunchRecord, StaleToken};
+use self::phase::{InstanceHealth, NodeHealth, Timeouts};
 use super::context::{Context, MANAGER};
-use super::drain::DrainProgress;
-use super::drift::{
-    self, CLASS_TAG_KEYS_ANNOTATION, CONDITION_DRIFTED, EffectiveSpec, LoadedClass,
-    REPLACE_ON_DRIFT_ANNOTATION, Replacer, SPEC_FIELDS_ANNOTATION, SPEC_HASH_ANNOTATION,
-};
 use super::error::{Error, Result};
 use super::events::publish;
-use super::launch_record::{self, LaunchRecord, StaleToken};
 use super::ownership;
-use super::phase::{self, InstanceHealth, NodeHealth, Timeouts};
 use crate::api::machine::{Machine, MachineStatus, NODE_LABEL};
 use crate::api::machine_class::MachineClass;
 use crate::api::machine_deployment::MACHINE_TEMPLATE_HASH_LABEL;
@@ -47,6 +51,10 @@ use crate::aws::errors::{Ec2Error, ErrorClass};
 use crate::aws::instances::{self, InstanceInfo, InstanceState, instance_id_from_provider_id};
 use crate::aws::launch::{
     LaunchContext, PostLaunchAction, build_run_instances, post_launch_actions,
+};
+use crate::controller::fleet::drift::{
+    self, CLASS_TAG_KEYS_ANNOTATION, CONDITION_DRIFTED, EffectiveSpec, LoadedClass,
+    REPLACE_ON_DRIFT_ANNOTATION, Replacer, SPEC_FIELDS_ANNOTATION, SPEC_HASH_ANNOTATION,
 };
 
 /// Finalizer on Machines (and on classes in use), as MCM names it.
@@ -65,7 +73,7 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Context>) -> Result<Actio
         .ok_or_else(|| Error::Invalid("Machine has no namespace".into()))?;
     let api = Api::<Machine>::namespaced(ctx.client.clone(), &ns);
     let key = machine.uid().unwrap_or_default();
-    let result = finalizer(&api, super::machine::FINALIZER, machine, |event| async {
+    let result = finalizer(&api, FINALIZER, machine, |event| async {
         match event {
             Event::Apply(m) => apply(&m, &ctx).await,
             Event::Cleanup(m) => match cleanup(&m, &ctx).await {
@@ -1428,7 +1436,7 @@ async fn cleanup(m: &Machine, ctx: &Context) -> Result<Action> {
         };
         match nodes.delete(&name, &params).await {
             Ok(_) => {}
-            Err(e) if super::drain::is_not_found(&e) => {}
+            Err(e) if drain::is_not_found(&e) => {}
             Err(kube::Error::Api(s)) if s.code == 409 => {}
             Err(e) => return Err(e.into()),
         }

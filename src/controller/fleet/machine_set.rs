@@ -2,7 +2,7 @@
 //! from `spec.template`.
 //!
 //! list (consistent read) → claim (adopt orphans matching the selector,
-//! release machines that stopped matching) → plan (pure, [`fleet::plan_set`]:
+//! release machines that stopped matching) → plan (pure, [`census::plan_set`]:
 //! replace Failed machines, scale up or down in MCM's order, replace drifted
 //! machines when asked) → delete, create in slow-start batches → status.
 //!
@@ -30,17 +30,17 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::context::{Context, MANAGER};
+use super::census::{self, plan_set, slow_start_batches};
 use super::drift::REPLACE_ON_DRIFT_ANNOTATION;
-use super::error::{Error, Result};
-use super::events::publish;
-use super::fleet::{self, plan_set, slow_start_batches};
-use super::machine::FINALIZER;
-use super::ownership::{self, Claim};
 use crate::api::machine::Machine;
 use crate::api::machine_deployment::MachineDeployment;
 use crate::api::machine_set::{MachineSet, MachineSetConditionType, MachineSetStatus};
 use crate::api::shared::ConditionStatus;
+use crate::controller::context::{Context, MANAGER};
+use crate::controller::error::{Error, Result};
+use crate::controller::events::publish;
+use crate::controller::machine::FINALIZER;
+use crate::controller::ownership::{self, Claim};
 
 /// Re-check every set this often even without events.
 const RESYNC: Duration = Duration::from_secs(600);
@@ -60,12 +60,15 @@ where
     Fut: TryFuture<Ok = Action, Error = Error> + Send + 'static,
 {
     let wc = watcher::Config::default();
-    let ctl = Controller::new(super::api::<MachineSet>(client, namespace), wc.clone());
+    let ctl = Controller::new(
+        crate::controller::api::<MachineSet>(client, namespace),
+        wc.clone(),
+    );
     let store = ctl.store();
     let concurrency = ctx.config.concurrency;
     let run = ctl
         .with_config(controller::Config::default().concurrency(concurrency))
-        .owns(super::api::<Machine>(client, namespace), wc)
+        .owns(crate::controller::api::<Machine>(client, namespace), wc)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|_| future::ready(()));
@@ -163,7 +166,7 @@ pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action
                     )
                     .await;
                 }
-                Err(e) if super::drain::is_not_found(&e) => {}
+                Err(e) if crate::controller::machine::drain::is_not_found(&e) => {}
                 Err(e) => {
                     warn!(set = %set.name_any(), machine = %name, error = %e, "delete failed");
                     failure = Some((
@@ -222,7 +225,7 @@ pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action
     }
 
     let old = set.status.clone().unwrap_or_default();
-    let status = fleet::set_status(
+    let status = census::set_status(
         &old,
         set.metadata.generation,
         &template_labels,
@@ -237,7 +240,7 @@ pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action
         ctx.next_backoff(&uid)
     } else {
         ctx.reset_backoff(&uid);
-        fleet::next_available(&refs, set.spec.min_ready_seconds, now)
+        census::next_available(&refs, set.spec.min_ready_seconds, now)
             .map_or(RESYNC, |d| d + Duration::from_secs(1))
     };
     Ok(Action::requeue(next))
@@ -298,7 +301,7 @@ fn machine_from_template(set: &MachineSet, ns: &str) -> Machine {
 /// Reports a set that cannot be reconciled as it is and waits for a change.
 async fn invalid(set: &MachineSet, ctx: &Context, msg: &str) -> Result<Action> {
     let old = set.status.clone().unwrap_or_default();
-    let reported = fleet::set_status(
+    let reported = census::set_status(
         &old,
         set.metadata.generation,
         &Default::default(),

@@ -34,12 +34,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
-use super::context::{Context, MANAGER};
+use super::census;
 use super::drift::{self, EffectiveSpec, SPEC_HASH_ANNOTATION};
-use super::error::{Error, Result};
-use super::events::publish;
-use super::fleet;
-use super::ownership::{self, Claim};
 use super::rollout::{self, ConditionInputs, Counts, RecreateStep, SetView};
 use crate::api::machine::Machine;
 use crate::api::machine_class::MachineClass;
@@ -49,6 +45,10 @@ use crate::api::machine_deployment::{
 };
 use crate::api::machine_set::{MachineSet, MachineSetConditionType, MachineSetSpec};
 use crate::api::shared::{ConditionStatus, MachineSummary, MachineTemplateSpec};
+use crate::controller::context::{Context, MANAGER};
+use crate::controller::error::{Error, Result};
+use crate::controller::events::publish;
+use crate::controller::ownership::{self, Claim};
 
 /// Re-check every deployment this often even without events: edits of the
 /// class's Secret (its userData) are noticed within this period.
@@ -74,7 +74,7 @@ where
 {
     let wc = watcher::Config::default();
     let ctl = Controller::new(
-        super::api::<MachineDeployment>(client, namespace),
+        crate::controller::api::<MachineDeployment>(client, namespace),
         wc.clone(),
     );
     let deployments = ctl.store();
@@ -82,14 +82,17 @@ where
     // No debounce: machines of a deployment change often during a rollout,
     // and trailing-edge debouncing would keep postponing its reconcile.
     ctl.with_config(controller::Config::default().concurrency(concurrency))
-        .owns(super::api::<MachineSet>(client, namespace), wc.clone())
+        .owns(
+            crate::controller::api::<MachineSet>(client, namespace),
+            wc.clone(),
+        )
         .watches(
-            super::api::<Machine>(client, namespace),
+            crate::controller::api::<Machine>(client, namespace),
             wc.clone(),
             move |m| deployment_of_machine(&sets, &m),
         )
         .watches(
-            super::api::<MachineClass>(client, namespace),
+            crate::controller::api::<MachineClass>(client, namespace),
             wc,
             move |class| {
                 let ns = class.namespace();
@@ -364,7 +367,7 @@ pub async fn reconcile(d: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<A
                 Ok(_) => {
                     info!(deployment = %d.name_any(), set = %set_name, "deleted old machine set")
                 }
-                Err(e) if super::drain::is_not_found(&e) => {}
+                Err(e) if crate::controller::machine::drain::is_not_found(&e) => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -433,7 +436,7 @@ pub async fn reconcile(d: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<A
     let next = [
         Some(RESYNC),
         recheck,
-        fleet::next_available(&all, min_ready, now).map(|d| d + Duration::from_secs(1)),
+        census::next_available(&all, min_ready, now).map(|d| d + Duration::from_secs(1)),
         (create_with.is_some() && !created_new).then_some(Duration::from_secs(1)),
     ]
     .into_iter()
@@ -465,10 +468,10 @@ fn set_view(
         name: s.name_any(),
         created: s.creation_timestamp().map(|t| t.0),
         replicas: s.spec.replicas,
-        active: count(&fleet::is_active),
-        terminating: count(&fleet::is_terminating),
-        available: count(&|m| fleet::is_available(m, min_ready, now)),
-        ready: count(&fleet::is_ready),
+        active: count(&census::is_active),
+        terminating: count(&census::is_terminating),
+        available: count(&|m| census::is_available(m, min_ready, now)),
+        ready: count(&census::is_ready),
     }
 }
 

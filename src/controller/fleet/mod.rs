@@ -1,0 +1,16 @@
+//! Fleets of machines: the MachineSet and MachineDeployment reconcilers and
+//! what they share.
+//!
+//! - [`machine_set`]: keeps `replicas` healthy Machines of a template;
+//! - [`machine_deployment`]: rolls MachineSets (RollingUpdate, Recreate);
+//! - [`rollout`]: the pure rollout arithmetic of a deployment;
+//! - [`census`]: what state each machine of a fleet is in, MCM's scale-down
+//!   order, a set's plan and status (pure);
+//! - [`drift`]: does a machine still match its MachineClass (the effective
+//!   spec hash, the `Drifted` condition).
+
+pub mod census;
+pub mod drift;
+pub mod machine_deployment;
+pub mod machine_set;
+pub mod rollout;
