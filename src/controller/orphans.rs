@@ -191,7 +191,7 @@ pub(crate) async fn class_credentials(
     match ctx
         .config
         .credentials
-        .credentials_for(&data, &super::drift::secret_refs(class))
+        .credentials_for(&data, &super::fleet::drift::secret_refs(class))
     {
         Ok(source) => Some(source),
         Err(refused) => {

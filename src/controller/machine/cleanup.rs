@@ -1,0 +1,351 @@
+//! Tearing a Machine down behind its finalizer: mark it Terminating, drain
+//! its Node, terminate every instance that is the machine's, wait until EC2
+//! shows them gone, delete the Node, report what blocks.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use tracing::{info, warn};
+
+use super::apply::home;
+use super::drain;
+use super::drain::DrainProgress;
+use super::launch_record::LaunchRecord;
+use super::observe::{node_belongs, node_by_name, report_failure, write_status};
+use super::{RECHECK_SOON, entered, resolve};
+use crate::api::machine::{Machine, NODE_LABEL};
+use crate::api::shared::{LastOperation, MachineOperationType, MachinePhase, MachineState};
+use crate::aws::errors::ErrorClass;
+use crate::aws::instances::{self, InstanceState, instance_id_from_provider_id};
+use crate::controller::context::Context;
+use crate::controller::error::{Error, Result};
+use crate::controller::events::publish;
+
+pub(super) async fn cleanup(m: &Machine, ctx: &Context) -> Result<Action> {
+    let name = m.name_any();
+    let uid = m.uid().unwrap_or_default();
+    // Entering deletion; later steps describe their progress, and a failure
+    // reported by an earlier pass stays visible until a step moves on.
+    if m.status.as_ref().and_then(|s| s.current_status.phase) != Some(MachinePhase::Terminating) {
+        mark_terminating(m, ctx, "Deleting the machine").await?;
+    }
+
+    // Where its instance lives, as recorded at launch: neither a class edit
+    // (Region, credentials) nor a class gone bad sends the termination
+    // elsewhere or blocks it.
+    let handle = match home(m, ctx, None).await? {
+        Some((handle, _)) => Some(handle),
+        // Never launched: nothing in EC2 can belong to it.
+        None if never_launched(m) => None,
+        // Launched by a version that kept no record and crashed before the
+        // providerID: the class tells where.
+        None => Some(resolve(m, ctx).await?.handle),
+    };
+
+    // 1. Cordon and drain the Node, if there is one.
+    let node_name = m.labels().get(NODE_LABEL).cloned();
+    if let Some(node) = node_name
+        .as_deref()
+        .and_then(|n| node_by_name(ctx, n))
+        .filter(|n| node_belongs(n, m))
+    {
+        drain(m, ctx, &node).await?;
+    }
+
+    // 2. Terminate every instance of this Machine and wait for EC2 to agree.
+    if let Some(handle) = &handle {
+        let mut found = instances::by_machine_uid(handle, &uid).await?;
+        if let Some(id) = m
+            .spec
+            .provider_id
+            .as_deref()
+            .and_then(instance_id_from_provider_id)
+            && !found.iter().any(|i| i.id == id)
+            && let Some(i) = instances::by_id(handle, id).await?
+        {
+            found.push(i);
+        }
+        // Nothing visible is not nothing there: EC2's reads lag its writes.
+        // Gone means EC2 says `terminated`, or nothing shows up long after
+        // the last launch call.
+        if found.is_empty() && launch_may_be_pending(m) {
+            mark_terminating(m, ctx, "Waiting for EC2 to show the instance launched last").await?;
+            return Err(Error::Waiting {
+                what: "waiting for a just-launched instance to become visible".into(),
+                retry_after: RECHECK_SOON,
+            });
+        }
+        let alive: Vec<String> = found
+            .iter()
+            .filter(|i| !i.state.is_gone())
+            .map(|i| i.id.clone())
+            .collect();
+        if !alive.is_empty() {
+            let req = handle
+                .client
+                .terminate_instances()
+                .set_instance_ids(Some(alive.clone()));
+            match handle
+                .call_instances("TerminateInstances", alive.len(), req.send())
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.class == ErrorClass::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+            info!(machine = %name, instances = ?alive, "terminating");
+            publish(
+                ctx,
+                m,
+                EventType::Normal,
+                "Terminating",
+                "Delete",
+                format!("Terminating instance(s) {}", alive.join(", ")),
+            )
+            .await;
+            mark_terminating(
+                m,
+                ctx,
+                &format!("Waiting for EC2 to terminate {}", alive.join(", ")),
+            )
+            .await?;
+            return Err(Error::Waiting {
+                what: format!("waiting for EC2 to terminate {}", alive.join(", ")),
+                retry_after: RECHECK_SOON,
+            });
+        }
+        // `shutting-down` is not `terminated` yet: EC2 may still hold the
+        // instance's volumes and addresses, and a restart of the operator
+        // must still find something to wait for.
+        let shutting_down: Vec<&str> = found
+            .iter()
+            .filter(|i| i.state == InstanceState::ShuttingDown)
+            .map(|i| i.id.as_str())
+            .collect();
+        if !shutting_down.is_empty() {
+            wait_for_shutting_down(m, ctx, &shutting_down).await?;
+            return Err(Error::Waiting {
+                what: format!(
+                    "waiting for EC2 to finish terminating {}",
+                    shutting_down.join(", ")
+                ),
+                retry_after: SHUTTING_DOWN_RECHECK,
+            });
+        }
+    }
+
+    // 3. Delete the Node object, if it is still this instance's. The cached
+    // Node may be stale: the UID precondition makes sure a Node that a newer
+    // instance registered under the same name in the meantime survives.
+    let nodes = Api::<Node>::all(ctx.target.clone());
+    if let Some(name) = node_name
+        && let Some(node) = node_by_name(ctx, &name)
+        && node_belongs(&node, m)
+    {
+        let params = kube::api::DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                uid: node.uid(),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match nodes.delete(&name, &params).await {
+            Ok(_) => {}
+            Err(e) if drain::is_not_found(&e) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    publish(
+        ctx,
+        m,
+        EventType::Normal,
+        "Deleted",
+        "Delete",
+        "Instance terminated and node removed".into(),
+    )
+    .await;
+    ctx.orphan_wakeup.notify_one();
+    Ok(Action::await_change())
+}
+
+/// An instance of this Machine may exist that EC2 does not show yet: its
+/// last launch call is less than [`launch_record::VISIBILITY_GRACE`] old and
+/// was not refused since (a refusal answered after the call means nothing
+/// was launched).
+pub(super) fn launch_may_be_pending(m: &Machine) -> bool {
+    let Some(record) = LaunchRecord::from_annotations(m.annotations()) else {
+        return false;
+    };
+    if !record.within_grace(Timestamp::now()) {
+        return false;
+    }
+    let refused_since = m.status.as_ref().is_some_and(|s| {
+        let op = &s.last_operation;
+        op.type_ == Some(MachineOperationType::Create)
+            && op.state == Some(MachineState::Failed)
+            && matches!(
+                op.error_code.as_deref(),
+                Some(
+                    "InvalidArgument"
+                        | "ResourceExhausted"
+                        | "Unauthenticated"
+                        | "PermissionDenied"
+                )
+            )
+            && op
+                .last_update_time
+                .as_ref()
+                .is_some_and(|t| t.0 >= record.started)
+    });
+    !refused_since
+}
+
+/// No create was ever attempted for this Machine: no launch record, and no
+/// phase beyond an invalid configuration report.
+pub(super) fn never_launched(m: &Machine) -> bool {
+    if LaunchRecord::from_annotations(m.annotations()).is_some() {
+        return false;
+    }
+    m.status.as_ref().is_none_or(|s| {
+        s.current_status.phase.is_none()
+            || (s.last_operation.type_ == Some(MachineOperationType::Create)
+                && s.last_operation.error_code.as_deref() == Some("InvalidArgument"))
+    })
+}
+
+pub(super) async fn drain(m: &Machine, ctx: &Context, node: &Node) -> Result<()> {
+    let node_name = node.name_any();
+    ctx.drainer.cordon(&node_name).await?;
+    let deleting_since = m
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .unwrap_or_else(Timestamp::now);
+    let elapsed =
+        |t: Timestamp| Duration::try_from(Timestamp::now().duration_since(t)).unwrap_or_default();
+    let drain_timeout = m
+        .spec
+        .configuration
+        .drain_timeout
+        .filter(|d| !d.is_negative())
+        .map(Duration::from)
+        .unwrap_or(ctx.config.drain_timeout);
+    let not_ready_for = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .filter(|c| c.status != "True")
+        .and_then(|c| c.last_transition_time.as_ref())
+        .map(|t| elapsed(t.0));
+    let force = elapsed(deleting_since) >= drain_timeout
+        || not_ready_for.is_some_and(|d| d >= ctx.config.force_drain_not_ready_after);
+    match ctx.drainer.drain_pass(&node_name, force).await? {
+        DrainProgress::Done => Ok(()),
+        DrainProgress::Waiting { remaining, blocked } => {
+            let what = format!(
+                "Draining node {node_name}: {remaining} pod(s) left{}{}",
+                if blocked > 0 {
+                    format!(", {blocked} blocked by a PodDisruptionBudget")
+                } else {
+                    String::new()
+                },
+                if force { " (forced)" } else { "" }
+            );
+            mark_terminating(m, ctx, &what).await?;
+            Err(Error::Waiting {
+                what,
+                retry_after: RECHECK_SOON,
+            })
+        }
+    }
+}
+
+/// How often a Machine whose instance is `shutting-down` looks again.
+pub(super) const SHUTTING_DOWN_RECHECK: Duration = Duration::from_secs(10);
+/// EC2 normally finishes terminating within minutes; past this (counted
+/// from the Machine's deletion) the wait is reported as a failure, and goes on.
+pub(super) const SHUTTING_DOWN_REPORT_AFTER: Duration = Duration::from_secs(15 * 60);
+
+/// Describes the wait for `shutting-down` instances, as progress at first and
+/// as a failure (Warning Event) once it has taken unusually long.
+pub(super) async fn wait_for_shutting_down(m: &Machine, ctx: &Context, ids: &[&str]) -> Result<()> {
+    let waited = m
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .and_then(|t| Duration::try_from(Timestamp::now().duration_since(t.0)).ok())
+        .unwrap_or_default();
+    if waited < SHUTTING_DOWN_REPORT_AFTER {
+        let step = format!(
+            "Waiting for EC2 to finish terminating {} (shutting-down)",
+            ids.join(", ")
+        );
+        return mark_terminating(m, ctx, &step).await;
+    }
+    let description = format!(
+        "Instance(s) {} still shutting-down {} minutes after the deletion; \
+         waiting for EC2 to report them terminated before the finalizer is removed",
+        ids.join(", "),
+        SHUTTING_DOWN_REPORT_AFTER.as_secs() / 60
+    );
+    report_failure(
+        m,
+        ctx,
+        MachineOperationType::Delete,
+        "Internal",
+        &description,
+        false,
+    )
+    .await
+}
+
+/// Records a failed deletion step in `lastOperation` with a Warning Event
+/// (e.g. TerminateInstances refused: UnauthorizedOperation, termination
+/// protection; a drain the API server refused). The deletion is retried.
+pub(super) async fn report_delete_failure(m: &Machine, ctx: &Context, e: &Error) {
+    let code = e.mcm_code();
+    let description = format!("Deleting the machine failed: {e}");
+    if let Err(status_err) = report_failure(
+        m,
+        ctx,
+        MachineOperationType::Delete,
+        code,
+        &description,
+        false,
+    )
+    .await
+    {
+        warn!(machine = %m.name_any(), error = %status_err, "could not report the deletion failure");
+    }
+}
+
+/// Phase Terminating with `lastOperation` describing the current step.
+pub(super) async fn mark_terminating(m: &Machine, ctx: &Context, step: &str) -> Result<()> {
+    let old = m.status.clone().unwrap_or_default();
+    if old.current_status.phase == Some(MachinePhase::Terminating)
+        && old.last_operation.description == step
+    {
+        return Ok(());
+    }
+    let mut status = old.clone();
+    if old.current_status.phase != Some(MachinePhase::Terminating) {
+        status.current_status = entered(&old.current_status, MachinePhase::Terminating, false);
+    }
+    status.last_operation = LastOperation {
+        description: step.to_string(),
+        error_code: None,
+        last_update_time: Some(Time(Timestamp::now())),
+        state: Some(MachineState::Processing),
+        type_: Some(MachineOperationType::Delete),
+    };
+    write_status(m, ctx, &old, status).await
+}
