@@ -18,17 +18,59 @@ use tracing::info;
 use super::context::Context;
 use super::error::{Error, Result};
 use super::machine::FINALIZER;
+use crate::api::machine::Machine;
 use crate::api::machine_class::MachineClass;
 
 /// Finalizer on Secrets referenced by a class in use, as MCM names it.
 pub const SECRET_FINALIZER: &str = "machine.sapcloud.io/machine-controller";
 
-/// Whether any Machine in `ns` references class `name`.
-fn class_in_use(ctx: &Context, ns: &str, name: &str) -> bool {
-    ctx.machines
-        .state()
-        .iter()
-        .any(|m| m.namespace().as_deref() == Some(ns) && m.spec.class.name == name)
+/// Names of the classes the Machines of one namespace reference: from the
+/// cache to decide, and read live (once per reconcile) before a finalizer is
+/// released — the cache may not show a Machine created a moment ago.
+struct ClassUse<'a> {
+    ctx: &'a Context,
+    ns: &'a str,
+    live: Option<BTreeSet<String>>,
+}
+
+impl<'a> ClassUse<'a> {
+    fn new(ctx: &'a Context, ns: &'a str) -> Self {
+        Self {
+            ctx,
+            ns,
+            live: None,
+        }
+    }
+
+    /// Whether the cache shows a Machine of `ns` referencing `class`.
+    fn cached(&self, class: &str) -> bool {
+        self.ctx
+            .machines
+            .state()
+            .iter()
+            .any(|m| m.namespace().as_deref() == Some(self.ns) && m.spec.class.name == class)
+    }
+
+    /// Whether a Machine of `ns` references `class`, confirmed by a live
+    /// list when the cache says no.
+    async fn confirmed(&mut self, class: &str) -> Result<bool> {
+        if self.cached(class) {
+            return Ok(true);
+        }
+        if self.live.is_none() {
+            let machines = Api::<Machine>::namespaced(self.ctx.client.clone(), self.ns)
+                .list(&Default::default())
+                .await?;
+            self.live = Some(
+                machines
+                    .items
+                    .into_iter()
+                    .map(|m| m.spec.class.name)
+                    .collect(),
+            );
+        }
+        Ok(self.live.as_ref().is_some_and(|l| l.contains(class)))
+    }
 }
 
 /// `namespace/name` of every Secret a class references.
@@ -44,9 +86,15 @@ pub async fn reconcile(class: Arc<MachineClass>, ctx: Arc<Context>) -> Result<Ac
         .namespace()
         .ok_or_else(|| Error::Invalid("MachineClass has no namespace".into()))?;
     let name = class.name_any();
-    let in_use = class_in_use(&ctx, &ns, &name);
-    let api = Api::<MachineClass>::namespaced(ctx.client.clone(), &ns);
+    ctx.caches_synced().await?;
+    let mut usage = ClassUse::new(&ctx, &ns);
     let has = class.finalizers().iter().any(|f| f == FINALIZER);
+    let in_use = if has {
+        usage.confirmed(&name).await?
+    } else {
+        usage.cached(&name)
+    };
+    let api = Api::<MachineClass>::namespaced(ctx.client.clone(), &ns);
     if in_use && !has && class.meta().deletion_timestamp.is_none() {
         set_finalizers(&api, &class, with(class.finalizers(), FINALIZER)).await?;
         info!(class = %name, "class in use: protected");
@@ -60,15 +108,27 @@ pub async fn reconcile(class: Arc<MachineClass>, ctx: Arc<Context>) -> Result<Ac
         .list(&Default::default())
         .await?;
     for (secret_ns, secret_name) in secrets_of(&class) {
-        let needed = classes.items.iter().any(|c| {
-            secrets_of(c).contains(&(secret_ns.clone(), secret_name.clone()))
-                && class_in_use(&ctx, &ns, &c.name_any())
-        });
         let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &secret_ns);
         let Some(secret) = secrets.get_opt(&secret_name).await? else {
             continue;
         };
         let has = secret.finalizers().iter().any(|f| f == SECRET_FINALIZER);
+        let mut needed = false;
+        for c in classes
+            .items
+            .iter()
+            .filter(|c| secrets_of(c).contains(&(secret_ns.clone(), secret_name.clone())))
+        {
+            let used = if has {
+                usage.confirmed(&c.name_any()).await?
+            } else {
+                usage.cached(&c.name_any())
+            };
+            if used {
+                needed = true;
+                break;
+            }
+        }
         if needed && !has && secret.meta().deletion_timestamp.is_none() {
             set_finalizers(
                 &secrets,

@@ -13,6 +13,7 @@ use kube::runtime::reflector::Store;
 use tokio::sync::Notify;
 
 use super::config::ControllerConfig;
+use super::error::{Error, Result};
 use super::machine::drain::Drainer;
 use crate::api::machine::Machine;
 use crate::aws::clients::Ec2Clients;
@@ -54,6 +55,10 @@ pub struct Context {
     /// it, the status write that reports the failure would trigger an
     /// immediate retry.
     creation_holds: Mutex<HashMap<String, (Instant, String)>>,
+    /// Machines whose drain is blocked (every pod left refused eviction by a
+    /// PodDisruptionBudget): no eviction pass before the instant, whatever
+    /// event wakes the machine (its own status write, a Node update).
+    drain_pauses: Mutex<HashMap<String, Instant>>,
 }
 
 impl Context {
@@ -81,6 +86,7 @@ impl Context {
             orphan_wakeup: Notify::new(),
             backoffs: Mutex::new(HashMap::new()),
             creation_holds: Mutex::new(HashMap::new()),
+            drain_pauses: Mutex::new(HashMap::new()),
         })
     }
 
@@ -131,11 +137,80 @@ impl Context {
         }
     }
 
+    /// Pauses the drain of machine `uid` for `wait` (see `drain_pauses`).
+    pub fn pause_drain(&self, uid: &str, wait: Duration) {
+        self.drain_pauses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(uid.to_string(), Instant::now() + wait);
+    }
+
+    /// How long the drain of `uid` is still paused; `None` when a pass may
+    /// run (the pause is then forgotten).
+    pub fn drain_paused(&self, uid: &str) -> Option<Duration> {
+        let mut pauses = self.drain_pauses.lock().unwrap_or_else(|p| p.into_inner());
+        match pauses.get(uid) {
+            Some(until) if *until > Instant::now() => {
+                Some(until.saturating_duration_since(Instant::now()))
+            }
+            Some(_) => {
+                pauses.remove(uid);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Waits until the Machine and Node caches hold a complete first list.
+    ///
+    /// Every reconcile that decides from them calls this first: after a
+    /// restart, an empty store means "not read yet", not "nothing there" —
+    /// a drain would be skipped for a Node not yet seen, a class finalizer
+    /// dropped for Machines not yet seen. Returns at once after the first
+    /// sync; fails only when the stores' writers are gone (shutting down).
+    pub async fn caches_synced(&self) -> Result<()> {
+        let synced = store_ready(&self.machines).await && store_ready(&self.nodes).await;
+        if synced {
+            Ok(())
+        } else {
+            Err(Error::Waiting {
+                what: "caches are shutting down".into(),
+                retry_after: Duration::from_secs(5),
+            })
+        }
+    }
+
     /// Forgets the backoff of `key` after a successful reconcile.
     pub fn reset_backoff(&self, key: &str) {
         self.backoffs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);
+    }
+}
+
+/// How often a wait for a store's first sync looks again by itself.
+const STORE_READY_RECHECK: Duration = Duration::from_millis(250);
+
+/// Waits until `store` holds its first complete list; `false` when its
+/// writer is gone (shutting down).
+///
+/// Every wait for a store's readiness goes through here. kube's
+/// `Store::wait_until_ready` keeps a single waker (a oneshot receiver shared
+/// by all callers): with several tasks waiting at once — reconciles, the
+/// readiness check, the orphan collector, kube's own runner — only the last
+/// to poll is woken, and the others would wait forever (seen: no reconcile
+/// at all after a restart). Re-polling on a short timer makes a lost wake-up
+/// cost at most [`STORE_READY_RECHECK`]; once synced, it returns at once.
+pub async fn store_ready<K>(store: &Store<K>) -> bool
+where
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        match tokio::time::timeout(STORE_READY_RECHECK, store.wait_until_ready()).await {
+            Ok(result) => return result.is_ok(),
+            Err(_elapsed) => continue,
+        }
     }
 }

@@ -20,7 +20,7 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use tracing::{debug, info, warn};
 
-use super::context::Context;
+use super::context::{Context, store_ready};
 use super::error::Result;
 use crate::api::machine::Machine;
 use crate::api::machine_class::MachineClass;
@@ -29,7 +29,7 @@ use crate::aws::instances::{self, InstanceInfo, instance_id_from_provider_id};
 
 /// Runs the collector until the process stops.
 pub async fn run(ctx: Arc<Context>) {
-    if ctx.machines.wait_until_ready().await.is_err() {
+    if !store_ready(&ctx.machines).await {
         return;
     }
     loop {

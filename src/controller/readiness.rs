@@ -20,7 +20,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 use tracing::{info, warn};
 
-use super::context::Context;
+use super::context::{Context, store_ready};
 use super::orphans::class_credentials;
 use crate::api::machine_class::MachineClass;
 use crate::aws::clients::ClientKey;
@@ -35,9 +35,9 @@ pub async fn run(ctx: Arc<Context>, classes: Store<MachineClass>, health: Health
         CACHES,
         Check::Pending("waiting for the Machine, MachineClass and Node caches to sync".into()),
     );
-    let synced = ctx.machines.wait_until_ready().await.is_ok()
-        && classes.wait_until_ready().await.is_ok()
-        && ctx.nodes.wait_until_ready().await.is_ok();
+    let synced = store_ready(&ctx.machines).await
+        && store_ready(&classes).await
+        && store_ready(&ctx.nodes).await;
     if !synced {
         return; // the controllers are shutting down
     }

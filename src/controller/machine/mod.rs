@@ -63,6 +63,7 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Context>) -> Result<Actio
         .ok_or_else(|| Error::Invalid("Machine has no namespace".into()))?;
     let api = Api::<Machine>::namespaced(ctx.client.clone(), &ns);
     let key = machine.uid().unwrap_or_default();
+    ctx.caches_synced().await?;
     let result = finalizer(&api, FINALIZER, machine, |event| async {
         match event {
             Event::Apply(m) => apply(&m, &ctx).await,
