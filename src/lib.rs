@@ -14,6 +14,7 @@ pub mod api;
 pub mod aws;
 pub mod controller;
 pub mod health;
+pub mod kube_metrics;
 pub mod leader;
 pub mod logging;
 pub mod metrics;

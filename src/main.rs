@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
+use kube::client::ClientBuilder;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::Reporter;
 use kube::{Client, Config};
@@ -28,6 +29,7 @@ use mcm_provider_aws::admin::{Endpoints, parse_bind_address};
 use mcm_provider_aws::aws::credential_policy::{ArnPattern, CredentialPolicy};
 use mcm_provider_aws::controller::{self, ControllerConfig};
 use mcm_provider_aws::health::{CACHES, Check, EC2_CREDENTIALS, Health, LEADER_ELECTION};
+use mcm_provider_aws::kube_metrics::counting_layer;
 use mcm_provider_aws::leader::{Election, LeaderElectionConfig, default_identity};
 use mcm_provider_aws::logging;
 use mcm_provider_aws::metrics::Metrics;
@@ -196,10 +198,16 @@ fn init_logging(format: LogFormat, level: &str) {
     }
 }
 
-/// A client for `kubeconfig` (default: the usual resolution). With
+/// A client for `kubeconfig` (default: the usual resolution), its requests
+/// counted under `cluster` in `mcm_kube_requests_total`. With
 /// `retry_throttled`, kube's client retries 429/503/504 answers itself (for
 /// minutes, with backoff).
-async fn client_for(kubeconfig: Option<&PathBuf>, retry_throttled: bool) -> Result<Client, String> {
+async fn client_for(
+    kubeconfig: Option<&PathBuf>,
+    retry_throttled: bool,
+    metrics: &Metrics,
+    cluster: &'static str,
+) -> Result<Client, String> {
     let mut config = match kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path)
@@ -213,7 +221,10 @@ async fn client_for(kubeconfig: Option<&PathBuf>, retry_throttled: bool) -> Resu
             .map_err(|e| format!("no Kubernetes configuration: {e}"))?,
     };
     config.default_retry = retry_throttled;
-    Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))
+    let builder = ClientBuilder::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))?;
+    Ok(builder
+        .with_layer(&counting_layer(metrics.kube_requests(), cluster))
+        .build())
 }
 
 /// The credential policy of the flags, logged once: which identities a
@@ -286,13 +297,13 @@ async fn reconcile(
     metrics: Arc<Metrics>,
     health: Health,
 ) -> Result<(), String> {
-    let control = client_for(None, true).await?;
+    let control = client_for(None, true, &metrics, "control").await?;
     // The target cluster's client (Nodes, Pods, drains) must not retry 429:
     // an eviction refused by a PodDisruptionBudget answers 429, and the
     // drain has to see that at once (to report it, and to force the drain
     // after the drain timeout) rather than wait minutes in kube's retries.
     // Its callers retry on their own schedule.
-    let target = client_for(cli.target_kubeconfig.as_ref(), false)
+    let target = client_for(cli.target_kubeconfig.as_ref(), false, &metrics, "target")
         .await
         .map_err(|e| format!("target cluster: {e}"))?;
     let credentials = credential_policy(

@@ -38,6 +38,7 @@ use prometheus_client::registry::Registry;
 use crate::api::machine::Machine;
 use crate::api::shared::MachinePhase;
 use crate::aws::clients::{Ec2CallStats, service_of};
+use crate::kube_metrics::KubeRequests;
 
 /// `Content-Type` of the OpenMetrics text format.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -85,6 +86,7 @@ pub struct Metrics {
     reconcile_errors: Family<ErrorLabels, Counter>,
     reconcile_duration: Family<ControllerLabel, Histogram, fn() -> Histogram>,
     leader: Gauge,
+    kube_requests: KubeRequests,
     sources: Arc<Sources>,
 }
 
@@ -134,6 +136,12 @@ impl Metrics {
             "1 while this replica holds the leader Lease (or runs without leader election), else 0",
             leader.clone(),
         );
+        let kube_requests = KubeRequests::default();
+        registry.register(
+            "mcm_kube_requests",
+            "Requests sent to the Kubernetes API servers, by cluster (control, target), verb and resource",
+            kube_requests.clone(),
+        );
         let sources = Arc::new(Sources::default());
         registry.register_collector(Box::new(ScrapeTime(Arc::clone(&sources))));
         Metrics {
@@ -142,6 +150,7 @@ impl Metrics {
             reconcile_errors,
             reconcile_duration,
             leader,
+            kube_requests,
             sources,
         }
     }
@@ -158,6 +167,11 @@ impl Metrics {
             .machines
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(store);
+    }
+
+    /// The counters a kube client's [`counting_layer`](crate::kube_metrics::counting_layer) feeds.
+    pub fn kube_requests(&self) -> KubeRequests {
+        self.kube_requests.clone()
     }
 
     /// Sets the leader gauge.

@@ -93,10 +93,12 @@ impl Drainer {
             "kind": "Eviction",
             "metadata": {"name": name, "namespace": ns},
         });
-        let req = http::Request::post(format!("/api/v1/namespaces/{ns}/pods/{name}/eviction"))
+        let mut req = http::Request::post(format!("/api/v1/namespaces/{ns}/pods/{name}/eviction"))
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(serde_json::to_vec(&body).map_err(kube::Error::SerdeError)?)
             .map_err(kube::Error::HttpError)?;
+        // The verb kube's request metrics and traces report (see kube_metrics).
+        req.extensions_mut().insert("evict");
         self.client
             .request::<serde_json::Value>(req)
             .await
