@@ -14,13 +14,13 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use mcm_provider_aws::api::machine::Machine;
 use mcm_provider_aws::api::shared::MachinePhase;
 use serde_json::{Value, json};
 
 use crate::support::ec2::REGION;
-use crate::support::kubelet::pod_on_node;
+use crate::support::kubelet::guarded_pod_on_node;
 use crate::support::operator::{Launch, Operator};
 use crate::support::scenario::{CLASS, Scenario};
 use crate::support::wait::eventually_or;
@@ -703,26 +703,8 @@ async fn machine_lifecycle_with_the_charts_rights(prefix: &str, namespaced: bool
     // controller runs here, so it allows none): the drain evicts, is
     // refused, and deletes the Pod once the 20s drain timeout passed (long enough
     // for a loaded machine to report the block first).
-    pod_on_node(&s.client, &s.ns, "app", &node).await;
+    guarded_pod_on_node(&s.client, &s.ns, "app", &node).await;
     let pods = Api::<Pod>::namespaced(s.client.clone(), &s.ns);
-    let label = json!({"metadata": {"labels": {"app": "guarded"}}});
-    pods.patch("app", &PatchParams::default(), &Patch::Merge(&label))
-        .await
-        .unwrap();
-    // Running, as a kubelet would report it: a Pending Pod may be evicted
-    // whatever its budget says.
-    let running = json!({"status": {"phase": "Running"}});
-    pods.patch_status("app", &PatchParams::default(), &Patch::Merge(&running))
-        .await
-        .unwrap();
-    let pdb = json!({
-        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
-        "metadata": {"name": "app", "namespace": s.ns},
-        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "guarded"}}},
-    });
-    let pdb_file = Path::new(env().var("MCM_TEST_DIR")).join(format!("{}-pdb.json", s.ns));
-    std::fs::write(&pdb_file, pdb.to_string()).unwrap();
-    kubectl_ok(&["apply", "-f", pdb_file.to_str().unwrap()]);
 
     s.machines()
         .delete("m1", &DeleteParams::default())

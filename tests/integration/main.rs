@@ -6,6 +6,7 @@
 mod support;
 
 mod bench;
+mod blocked_drain;
 mod chart;
 mod configuration;
 mod consistency;

@@ -7,18 +7,12 @@ use std::time::Duration;
 
 use mcm_provider_aws::api::shared::MachinePhase;
 
+use crate::support::metrics::sample;
 use crate::support::operator::{Launch, Operator};
 use crate::support::scenario::{FAST_FLAGS, Scenario};
 use crate::support::wait::eventually_or;
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-/// The value of the sample `series` (name and labels, exactly) in `metrics`.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
 
 #[tokio::test]
 async fn metrics_readiness_and_json_logs_of_a_running_operator() {

@@ -5,14 +5,20 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use kube::api::DeleteParams;
+use kube::api::{Api, DeleteParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use mcm_provider_aws::api::machine_class::MachineClass;
 use mcm_provider_aws::api::shared::MachinePhase;
 use mcm_provider_aws::aws::tags::MACHINE_UID_TAG;
+use mcm_provider_aws::controller::class::SECRET_FINALIZER;
+use mcm_provider_aws::controller::machine::FINALIZER;
 
 use crate::support::ec2::{self, tag};
 use crate::support::proxy::{Fault, Rule};
-use crate::support::scenario::Scenario;
+use crate::support::scenario::{CLASS, SECRET, Scenario};
 use crate::support::wait::eventually_or;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -195,4 +201,79 @@ async fn capacity_errors_are_reported_and_retried() {
         Some("m5.xlarge")
     );
     let _ = ec2::REGION;
+}
+
+/// Every update of `K` named `name` seen while `run` runs, as "missing" when
+/// it lacked `finalizer` (watched, so a removal undone a moment later still
+/// shows).
+async fn finalizer_gaps<K, F>(api: Api<K>, name: &str, finalizer: &str, run: F) -> Vec<String>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + 'static,
+    K: serde::de::DeserializeOwned,
+    F: std::future::Future<Output = ()>,
+{
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let finalizer = finalizer.to_string();
+    let gaps = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = gaps.clone();
+    let watch = tokio::spawn(async move {
+        let mut events = std::pin::pin!(watcher(api, config).default_backoff().touched_objects());
+        while let Some(Ok(obj)) = events.next().await {
+            if !obj.finalizers().contains(&finalizer) {
+                seen.lock().unwrap().push(format!(
+                    "resourceVersion {:?}: finalizers {:?}",
+                    obj.resource_version(),
+                    obj.finalizers()
+                ));
+            }
+        }
+    });
+    run.await;
+    watch.abort();
+    std::mem::take(&mut *gaps.lock().unwrap())
+}
+
+#[tokio::test]
+async fn restarts_never_drop_class_or_secret_protection() {
+    let mut s = Scenario::start("protect").await;
+    s.create_machine("m1").await;
+    s.wait_phase("m1", MachinePhase::Running, 2 * MINUTE).await;
+    let classes = Api::<MachineClass>::namespaced(s.client.clone(), &s.ns);
+    let secrets = Api::<Secret>::namespaced(s.client.clone(), &s.ns);
+    eventually_or(
+        "the class and its Secret to be protected",
+        MINUTE,
+        || async {
+            let class = classes.get(CLASS).await.ok()?;
+            let secret = secrets.get(SECRET).await.ok()?;
+            (class.finalizers().iter().any(|f| f == FINALIZER)
+                && secret.finalizers().iter().any(|f| f == SECRET_FINALIZER))
+            .then_some(())
+        },
+        || s.op.log(),
+    )
+    .await;
+
+    // Restarts, each given time to start and look at everything.
+    let restarts = async {
+        for _ in 0..6 {
+            s.op.restart();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+    };
+    let (class_gaps, secret_gaps) = {
+        let class_watch = finalizer_gaps(classes.clone(), CLASS, FINALIZER, restarts);
+        let secret_watch = finalizer_gaps(
+            secrets.clone(),
+            SECRET,
+            SECRET_FINALIZER,
+            tokio::time::sleep(Duration::from_secs(19)),
+        );
+        tokio::join!(class_watch, secret_watch)
+    };
+    assert!(
+        class_gaps.is_empty() && secret_gaps.is_empty(),
+        "protection dropped while a Machine uses them: class {class_gaps:?}, secret {secret_gaps:?}\n{}",
+        s.op.log()
+    );
 }

@@ -220,9 +220,19 @@ pub(super) fn never_launched(m: &Machine) -> bool {
     })
 }
 
+/// How long a drain whose every remaining pod was refused eviction (by a
+/// PodDisruptionBudget) waits before asking again — unless the drain is
+/// forced sooner. Evictions are API writes: a blocked drain costs two a
+/// minute, not one per wake-up (MCM retries every 20 s).
+pub(super) const DRAIN_BLOCKED_RECHECK: Duration = Duration::from_secs(30);
+
 pub(super) async fn drain(m: &Machine, ctx: &Context, node: &Node) -> Result<()> {
     let node_name = node.name_any();
-    ctx.drainer.cordon(&node_name).await?;
+    let uid = m.uid().unwrap_or_default();
+    // The cached Node says whether it is cordoned already: no PATCH per pass.
+    if node.spec.as_ref().and_then(|s| s.unschedulable) != Some(true) {
+        ctx.drainer.cordon(&node_name).await?;
+    }
     let deleting_since = m
         .metadata
         .deletion_timestamp
@@ -248,9 +258,30 @@ pub(super) async fn drain(m: &Machine, ctx: &Context, node: &Node) -> Result<()>
         .map(|t| elapsed(t.0));
     let force = elapsed(deleting_since) >= drain_timeout
         || not_ready_for.is_some_and(|d| d >= ctx.config.force_drain_not_ready_after);
+    // Until the drain is forced, the time left before it will be.
+    let until_forced = drain_timeout
+        .saturating_sub(elapsed(deleting_since))
+        .min(
+            not_ready_for
+                .map(|d| ctx.config.force_drain_not_ready_after.saturating_sub(d))
+                .unwrap_or(Duration::MAX),
+        )
+        .max(Duration::from_secs(1));
+    if !force && let Some(wait) = ctx.drain_paused(&uid) {
+        return Err(Error::Waiting {
+            what: format!("drain of node {node_name} blocked, asking again later"),
+            retry_after: wait.min(until_forced),
+        });
+    }
     match ctx.drainer.drain_pass(&node_name, force).await? {
         DrainProgress::Done => Ok(()),
         DrainProgress::Waiting { remaining, blocked } => {
+            let retry_after = if !force && blocked == remaining {
+                ctx.pause_drain(&uid, DRAIN_BLOCKED_RECHECK);
+                DRAIN_BLOCKED_RECHECK.min(until_forced)
+            } else {
+                RECHECK_SOON
+            };
             let what = format!(
                 "Draining node {node_name}: {remaining} pod(s) left{}{}",
                 if blocked > 0 {
@@ -261,10 +292,7 @@ pub(super) async fn drain(m: &Machine, ctx: &Context, node: &Node) -> Result<()>
                 if force { " (forced)" } else { "" }
             );
             mark_terminating(m, ctx, &what).await?;
-            Err(Error::Waiting {
-                what,
-                retry_after: RECHECK_SOON,
-            })
+            Err(Error::Waiting { what, retry_after })
         }
     }
 }

@@ -31,6 +31,7 @@ use std::time::Duration;
 use aws_sdk_ec2::types::Instance;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
@@ -439,6 +440,37 @@ fn node_addresses(name: &str, instance: &Instance) -> Value {
 /// it is deleted.
 pub async fn pod_on_node(client: &Client, ns: &str, name: &str, node: &str) -> Pod {
     create_pod(client, ns, pod_object(name, node, json!({}), json!([]))).await
+}
+
+/// Creates Pod `name` on `node`, reported Running (a Pending Pod may be
+/// evicted whatever its budget says), with a PodDisruptionBudget of the same
+/// name that allows no disruption (`minAvailable: 1`; no disruption
+/// controller runs here, so it never allows one): evictions of it answer 429
+/// until a drain is forced.
+pub async fn guarded_pod_on_node(client: &Client, ns: &str, name: &str, node: &str) -> Pod {
+    let labels = json!({"guarded-by": name});
+    let pod = create_pod(
+        client,
+        ns,
+        pod_object(name, node, labels.clone(), json!([])),
+    )
+    .await;
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    let running = json!({"status": {"phase": "Running"}});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&running))
+        .await
+        .expect("report the pod Running");
+    let pdb: PodDisruptionBudget = serde_json::from_value(json!({
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": labels}},
+    }))
+    .expect("PodDisruptionBudget object");
+    Api::<PodDisruptionBudget>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &pdb)
+        .await
+        .expect("create the PodDisruptionBudget");
+    pod
 }
 
 /// Creates, in `ns`, a Pod of DaemonSet `daemonset` bound to `node`, the way

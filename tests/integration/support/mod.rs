@@ -28,6 +28,7 @@ pub mod fixtures;
 pub mod iam;
 pub mod instances;
 pub mod kubelet;
+pub mod metrics;
 pub mod operator;
 pub mod proxy;
 pub mod scenario;
