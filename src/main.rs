@@ -66,6 +66,10 @@ struct Cli {
     #[arg(long, env = "MCM_MACHINE_DRAIN_TIMEOUT", default_value = "2h", value_parser = duration)]
     machine_drain_timeout: Duration,
 
+    /// Termination waits at most this long for the Node's volumes to detach.
+    #[arg(long, env = "MCM_MACHINE_PV_DETACH_TIMEOUT", default_value = "2m", value_parser = duration)]
+    machine_pv_detach_timeout: Duration,
+
     /// Node condition types that make a machine unhealthy when True (comma-separated).
     #[arg(
         long,
@@ -316,6 +320,7 @@ async fn reconcile(
         creation_timeout: cli.machine_creation_timeout,
         health_timeout: cli.machine_health_timeout,
         drain_timeout: cli.machine_drain_timeout,
+        pv_detach_timeout: cli.machine_pv_detach_timeout,
         node_conditions: cli.node_conditions,
         instance_sync_period: cli.instance_sync_period,
         orphan_collection_interval: cli.orphan_collection_interval,
@@ -413,6 +418,7 @@ mod tests {
         assert_eq!(cli.machine_creation_timeout, Duration::from_secs(1200));
         assert_eq!(cli.machine_health_timeout, Duration::from_secs(600));
         assert_eq!(cli.machine_drain_timeout, Duration::from_secs(7200));
+        assert_eq!(cli.machine_pv_detach_timeout, Duration::from_secs(120));
         assert_eq!(cli.orphan_collection_interval, Duration::from_secs(900));
         assert_eq!(cli.node_conditions.len(), 4);
         assert_eq!(

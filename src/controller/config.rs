@@ -25,6 +25,9 @@ pub struct ControllerConfig {
     pub drain_timeout: Duration,
     /// Drain is forced when the node has been NotReady this long (MCM: 5m).
     pub force_drain_not_ready_after: Duration,
+    /// Termination waits at most this long for the Node's VolumeAttachments
+    /// to go (MCM's `--machine-pv-detach-timeout`: 2m).
+    pub pv_detach_timeout: Duration,
     /// Node condition types that make a machine unhealthy when `True`.
     pub node_conditions: Vec<String>,
     /// How often a Running machine re-reads its instance from the shared,
@@ -47,6 +50,7 @@ impl Default for ControllerConfig {
             health_timeout: Duration::from_secs(10 * 60),
             drain_timeout: Duration::from_secs(2 * 3600),
             force_drain_not_ready_after: Duration::from_secs(5 * 60),
+            pv_detach_timeout: Duration::from_secs(2 * 60),
             node_conditions: DEFAULT_NODE_CONDITIONS
                 .iter()
                 .map(|s| s.to_string())

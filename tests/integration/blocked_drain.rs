@@ -2,13 +2,16 @@
 //! instance, the Node and the Pod until the drain is forced (drain timeout),
 //! across a `kill -9` and restart — a restarted process decides only from
 //! synced caches — and it waits on a timer, at a few API writes a minute,
-//! instead of looping on its own writes.
+//! instead of looping on its own writes. A forced drain deletes Pods with
+//! their own grace period and moves on after a bounded wait; termination
+//! waits, bounded, for the Node's volumes to detach.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::storage::v1::VolumeAttachment;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, PostParams};
 use mcm_provider_aws::api::machine::NODE_LABEL;
@@ -16,7 +19,7 @@ use mcm_provider_aws::api::shared::MachinePhase;
 
 use crate::support::env;
 use crate::support::fixtures::machine;
-use crate::support::kubelet::guarded_pod_on_node;
+use crate::support::kubelet::{guarded_pod_on_node, lingering_pod_on_node};
 use crate::support::metrics::{delta, kube_requests, kube_writes, sample};
 use crate::support::scenario::{CLASS, Scenario};
 use crate::support::wait::eventually_or;
@@ -240,4 +243,136 @@ async fn bench_blocked_drain_api_cost() {
         "  machine reconciles per minute: {:.1}",
         per_minute(reconciles)
     );
+}
+
+#[tokio::test]
+async fn a_forced_drain_deletes_pods_with_their_grace_period_and_moves_on() {
+    let s = Scenario::start("linger").await;
+    let mut m = machine(&s.ns, "m1", CLASS);
+    // Forced after one refused eviction's worth of time (20 s), not the
+    // drain timeout.
+    m.spec.configuration.drain_timeout = Some("1h".parse().unwrap());
+    m.spec.configuration.max_evict_retries = Some(1);
+    s.machines()
+        .create(&PostParams::default(), &m)
+        .await
+        .expect("create machine");
+    let running = s.wait_phase("m1", MachinePhase::Running, 2 * MINUTE).await;
+    let node = running.metadata.labels.as_ref().unwrap()[NODE_LABEL].clone();
+    guarded_pod_on_node(&s.client, &s.ns, GUARDED, &node).await;
+    lingering_pod_on_node(&s.client, &s.ns, "slow", &node, 7).await;
+    // Under the same budget, and Running: evictions of both are refused
+    // until the drain is forced.
+    let pods = Api::<Pod>::namespaced(s.client.clone(), &s.ns);
+    let params = kube::api::PatchParams::default();
+    let label = serde_json::json!({"metadata": {"labels": {"guarded-by": GUARDED}}});
+    pods.patch("slow", &params, &kube::api::Patch::Merge(&label))
+        .await
+        .unwrap();
+    let running = serde_json::json!({"status": {"phase": "Running"}});
+    pods.patch_status("slow", &params, &kube::api::Patch::Merge(&running))
+        .await
+        .unwrap();
+    s.machines()
+        .delete("m1", &DeleteParams::default())
+        .await
+        .unwrap();
+
+    // Forced: the Pods are deleted, each with its own grace period, not 0.
+    let slow = eventually_or(
+        "the forced drain to delete the lingering Pod",
+        MINUTE,
+        || async {
+            let p = pods.get_opt("slow").await.ok().flatten()?;
+            p.metadata.deletion_timestamp.is_some().then_some(p)
+        },
+        || s.op.log(),
+    )
+    .await;
+    assert_eq!(slow.metadata.deletion_grace_period_seconds, Some(7));
+    // The Pod lingers (its finalizer): the instance waits for it, for its
+    // grace period and three minutes more, then goes anyway.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(
+        s.live_instances().await.len(),
+        1,
+        "a lingering Pod holds the instance for a while"
+    );
+    s.wait_gone("m1", 5 * MINUTE).await;
+    assert!(s.live_instances().await.is_empty(), "instance terminated");
+    assert!(
+        s.events_of("m1")
+            .await
+            .iter()
+            .any(|e| e.starts_with("Warning DrainIncomplete")),
+        "{:?}",
+        s.events_of("m1").await
+    );
+    let release = serde_json::json!({"metadata": {"finalizers": null}});
+    pods.patch("slow", &params, &kube::api::Patch::Merge(&release))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn termination_waits_a_bounded_time_for_volumes_to_detach() {
+    let s = Scenario::start_with("detach", false, &["--machine-pv-detach-timeout=20s"]).await;
+    s.create_machine("m1").await;
+    let running = s.wait_phase("m1", MachinePhase::Running, 2 * MINUTE).await;
+    let node = running.metadata.labels.as_ref().unwrap()[NODE_LABEL].clone();
+    let attachment: VolumeAttachment = serde_json::from_value(serde_json::json!({
+        "apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttachment",
+        "metadata": {"name": format!("csi-{}", s.ns)},
+        "spec": {
+            "attacher": "ebs.csi.aws.com",
+            "nodeName": node,
+            "source": {"persistentVolumeName": format!("pv-{}", s.ns)},
+        },
+    }))
+    .unwrap();
+    let attachments = Api::<VolumeAttachment>::all(s.client.clone());
+    attachments
+        .create(&PostParams::default(), &attachment)
+        .await
+        .unwrap();
+    s.machines()
+        .delete("m1", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually_or(
+        "the machine to wait for the volumes",
+        MINUTE,
+        || async {
+            let m = s.machines().get_opt("m1").await.ok().flatten()?;
+            let op = m.status?.last_operation;
+            op.description.contains("to detach").then_some(())
+        },
+        || s.op.log(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        s.live_instances().await.len(),
+        1,
+        "the instance waits while a volume is attached"
+    );
+    // The attachment never goes (no CSI driver here): after 20 s the
+    // instance is terminated anyway, with a Warning.
+    s.wait_gone("m1", 2 * MINUTE).await;
+    assert!(s.live_instances().await.is_empty());
+    assert!(
+        s.events_of("m1")
+            .await
+            .iter()
+            .any(|e| e.starts_with("Warning VolumesNotDetached")),
+        "{:?}",
+        s.events_of("m1").await
+    );
+    attachments
+        .delete(
+            &attachment.metadata.name.clone().unwrap(),
+            &DeleteParams::default(),
+        )
+        .await
+        .unwrap();
 }

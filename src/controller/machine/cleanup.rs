@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use super::apply::home;
 use super::drain;
 use super::drain::DrainProgress;
+use super::drain_clock::{DrainClock, DrainTimes, may_leave_lingering};
 use super::launch_record::LaunchRecord;
 use super::observe::{node_belongs, node_by_name, report_failure, write_status};
 use super::{RECHECK_SOON, entered, resolve};
@@ -48,19 +49,10 @@ pub(super) async fn cleanup(m: &Machine, ctx: &Context) -> Result<Action> {
         None => Some(resolve(m, ctx).await?.handle),
     };
 
-    // 1. Cordon and drain the Node, if there is one.
-    let node_name = m.labels().get(NODE_LABEL).cloned();
-    if let Some(node) = node_name
-        .as_deref()
-        .and_then(|n| node_by_name(ctx, n))
-        .filter(|n| node_belongs(n, m))
-    {
-        drain(m, ctx, &node).await?;
-    }
-
-    // 2. Terminate every instance of this Machine and wait for EC2 to agree.
+    // Every instance of this Machine, as EC2 shows it now.
+    let mut found = Vec::new();
     if let Some(handle) = &handle {
-        let mut found = instances::by_machine_uid(handle, &uid).await?;
+        found = instances::by_machine_uid(handle, &uid).await?;
         if let Some(id) = m
             .spec
             .provider_id
@@ -71,6 +63,25 @@ pub(super) async fn cleanup(m: &Machine, ctx: &Context) -> Result<Action> {
         {
             found.push(i);
         }
+    }
+    // Once every instance is on its way out, draining is moot.
+    let termination_started = !found.is_empty() && found.iter().all(|i| i.state.is_gone());
+
+    // 1. Cordon and drain the Node, if there is one, and let its volumes
+    // detach.
+    let node_name = m.labels().get(NODE_LABEL).cloned();
+    if !termination_started
+        && let Some(node) = node_name
+            .as_deref()
+            .and_then(|n| node_by_name(ctx, n))
+            .filter(|n| node_belongs(n, m))
+    {
+        drain(m, ctx, &node).await?;
+        wait_for_detach(m, ctx, &node.name_any()).await?;
+    }
+
+    // 2. Terminate every instance of this Machine and wait for EC2 to agree.
+    if let Some(handle) = &handle {
         // Nothing visible is not nothing there: EC2's reads lag its writes.
         // Gone means EC2 says `terminated`, or nothing shows up long after
         // the last launch call.
@@ -233,41 +244,38 @@ pub(super) async fn drain(m: &Machine, ctx: &Context, node: &Node) -> Result<()>
     if node.spec.as_ref().and_then(|s| s.unschedulable) != Some(true) {
         ctx.drainer.cordon(&node_name).await?;
     }
-    let deleting_since = m
-        .metadata
-        .deletion_timestamp
-        .as_ref()
-        .map(|t| t.0)
-        .unwrap_or_else(Timestamp::now);
     let elapsed =
         |t: Timestamp| Duration::try_from(Timestamp::now().duration_since(t)).unwrap_or_default();
-    let drain_timeout = m
-        .spec
-        .configuration
-        .drain_timeout
-        .filter(|d| !d.is_negative())
-        .map(Duration::from)
-        .unwrap_or(ctx.config.drain_timeout);
-    let not_ready_for = node
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-        .filter(|c| c.status != "True")
-        .and_then(|c| c.last_transition_time.as_ref())
-        .map(|t| elapsed(t.0));
-    let force = elapsed(deleting_since) >= drain_timeout
-        || not_ready_for.is_some_and(|d| d >= ctx.config.force_drain_not_ready_after);
-    // Until the drain is forced, the time left before it will be.
-    let until_forced = drain_timeout
-        .saturating_sub(elapsed(deleting_since))
-        .min(
-            not_ready_for
-                .map(|d| ctx.config.force_drain_not_ready_after.saturating_sub(d))
-                .unwrap_or(Duration::MAX),
-        )
-        .max(Duration::from_secs(1));
-    if !force && let Some(wait) = ctx.drain_paused(&uid) {
+    let times = DrainTimes {
+        deleting_for: m
+            .metadata
+            .deletion_timestamp
+            .as_ref()
+            .map(|t| elapsed(t.0))
+            .unwrap_or_default(),
+        drain_timeout: m
+            .spec
+            .configuration
+            .drain_timeout
+            .filter(|d| !d.is_negative())
+            .map(Duration::from)
+            .unwrap_or(ctx.config.drain_timeout),
+        max_evict_retries: m.spec.configuration.max_evict_retries,
+        not_ready_for: node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+            .filter(|c| c.status != "True")
+            .and_then(|c| c.last_transition_time.as_ref())
+            .map(|t| elapsed(t.0)),
+        force_not_ready_after: ctx.config.force_drain_not_ready_after,
+    };
+    let clock = times.clock();
+    let force = matches!(clock, DrainClock::Forced { .. });
+    if let DrainClock::Evicting { until_forced } = clock
+        && let Some(wait) = ctx.drain_paused(&uid)
+    {
         return Err(Error::Waiting {
             what: format!("drain of node {node_name} blocked, asking again later"),
             retry_after: wait.min(until_forced),
@@ -275,12 +283,44 @@ pub(super) async fn drain(m: &Machine, ctx: &Context, node: &Node) -> Result<()>
     }
     match ctx.drainer.drain_pass(&node_name, force).await? {
         DrainProgress::Done => Ok(()),
-        DrainProgress::Waiting { remaining, blocked } => {
-            let retry_after = if !force && blocked == remaining {
-                ctx.pause_drain(&uid, DRAIN_BLOCKED_RECHECK);
-                DRAIN_BLOCKED_RECHECK.min(until_forced)
-            } else {
-                RECHECK_SOON
+        DrainProgress::Waiting {
+            remaining,
+            blocked,
+            longest_grace,
+        } => {
+            let retry_after = match clock {
+                DrainClock::Evicting { until_forced } if blocked == remaining => {
+                    ctx.pause_drain(&uid, DRAIN_BLOCKED_RECHECK);
+                    DRAIN_BLOCKED_RECHECK.min(until_forced)
+                }
+                DrainClock::Forced { since } if may_leave_lingering(since, longest_grace) => {
+                    // Deleted, given their grace period and more: the
+                    // instance goes now, whatever keeps them.
+                    let note = format!(
+                        "Drain of node {node_name} forced {} s ago: {remaining} pod(s) still \
+                         terminating past their grace period; terminating the instance anyway",
+                        since.as_secs()
+                    );
+                    if m.status
+                        .as_ref()
+                        .map(|s| s.last_operation.description.as_str())
+                        != Some(note.as_str())
+                    {
+                        warn!(machine = %m.name_any(), node = %node_name, remaining, "moving on with lingering pods");
+                        publish(
+                            ctx,
+                            m,
+                            EventType::Warning,
+                            "DrainIncomplete",
+                            "Delete",
+                            note.clone(),
+                        )
+                        .await;
+                    }
+                    mark_terminating(m, ctx, &note).await?;
+                    return Ok(());
+                }
+                _ => RECHECK_SOON,
             };
             let what = format!(
                 "Draining node {node_name}: {remaining} pod(s) left{}{}",
@@ -295,6 +335,47 @@ pub(super) async fn drain(m: &Machine, ctx: &Context, node: &Node) -> Result<()>
             Err(Error::Waiting { what, retry_after })
         }
     }
+}
+
+/// Waits, at most `--machine-pv-detach-timeout` (counted from the first
+/// pass that saw them, as recorded in `lastOperation`), for the Node's
+/// VolumeAttachments to go before the instance is terminated.
+pub(super) async fn wait_for_detach(m: &Machine, ctx: &Context, node: &str) -> Result<()> {
+    let attachments = ctx.drainer.volume_attachments(node).await?;
+    if attachments.is_empty() {
+        return Ok(());
+    }
+    let step = format!("Waiting for the volumes attached to node {node} to detach");
+    let op = m.status.as_ref().map(|s| &s.last_operation);
+    let waited = op
+        .filter(|op| op.description == step)
+        .and_then(|op| op.last_update_time.as_ref())
+        .map(|t| Duration::try_from(Timestamp::now().duration_since(t.0)).unwrap_or_default())
+        .unwrap_or_default();
+    if waited >= ctx.config.pv_detach_timeout {
+        let note = format!(
+            "{} VolumeAttachment(s) of node {node} still there after {} s ({}); terminating the instance anyway",
+            attachments.len(),
+            waited.as_secs(),
+            attachments.join(", ")
+        );
+        warn!(machine = %m.name_any(), %node, "volumes not detached in time");
+        publish(
+            ctx,
+            m,
+            EventType::Warning,
+            "VolumesNotDetached",
+            "Delete",
+            note,
+        )
+        .await;
+        return Ok(());
+    }
+    mark_terminating(m, ctx, &step).await?;
+    Err(Error::Waiting {
+        what: step,
+        retry_after: RECHECK_SOON,
+    })
 }
 
 /// How often a Machine whose instance is `shutting-down` looks again.

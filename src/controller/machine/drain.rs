@@ -2,11 +2,17 @@
 //!
 //! Pods owned by a DaemonSet and mirror (static) pods are left alone, as
 //! `kubectl drain` does; finished pods do not block. Evictions honour
-//! PodDisruptionBudgets (a 429 means "try again later"); a forced drain deletes
-//! the pods with a zero grace period instead. Eviction is sent as `policy/v1`,
-//! the only version every supported API server (1.33 and later) serves.
+//! PodDisruptionBudgets (a 429 means "try again later"); a forced drain
+//! deletes the pods instead, each with its own grace period (MCM's
+//! contract), once. Eviction is sent as `policy/v1`, the only version every
+//! supported API server (1.33 and later) serves. Before the instance goes,
+//! the Node's VolumeAttachments are listed so that termination can wait for
+//! them to detach.
+
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::storage::v1::VolumeAttachment;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -20,8 +26,16 @@ pub enum DrainProgress {
     /// No pod that must leave is left on the node.
     Done,
     /// Pods are still leaving; `blocked` of them were refused eviction (PDB).
-    Waiting { remaining: usize, blocked: usize },
+    /// `longest_grace` is the longest termination grace period among them.
+    Waiting {
+        remaining: usize,
+        blocked: usize,
+        longest_grace: Duration,
+    },
 }
+
+/// A Pod's grace period when it sets none (the API server's default).
+const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
 /// Drains nodes of one (target) cluster.
 pub struct Drainer {
@@ -47,24 +61,27 @@ impl Drainer {
         }
     }
 
-    /// One drain pass: evicts (or, when `force`, deletes) every pod that must
-    /// leave the node and reports how many are still there.
+    /// One drain pass: evicts (or, when `force`, deletes with their own
+    /// grace period) every pod that must leave the node and is not leaving
+    /// yet, and reports how many are still there.
     pub async fn drain_pass(&self, node: &str, force: bool) -> Result<DrainProgress, kube::Error> {
         let pods = Api::<Pod>::all(self.client.clone())
             .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
             .await?;
         let mut remaining = 0;
         let mut blocked = 0;
+        let mut longest_grace = Duration::ZERO;
         for pod in pods.items.iter().filter(|p| must_leave(p)) {
             remaining += 1;
-            if pod.metadata.deletion_timestamp.is_some() && !force {
+            longest_grace = longest_grace.max(grace_period(pod));
+            if pod.metadata.deletion_timestamp.is_some() {
                 continue; // already on its way out
             }
             let ns = pod.namespace().unwrap_or_default();
             let name = pod.name_any();
             let result = if force {
                 Api::<Pod>::namespaced(self.client.clone(), &ns)
-                    .delete(&name, &DeleteParams::default().grace_period(0))
+                    .delete(&name, &DeleteParams::default())
                     .await
                     .map(|_| ())
             } else {
@@ -80,8 +97,28 @@ impl Drainer {
         Ok(if remaining == 0 {
             DrainProgress::Done
         } else {
-            DrainProgress::Waiting { remaining, blocked }
+            DrainProgress::Waiting {
+                remaining,
+                blocked,
+                longest_grace,
+            }
         })
+    }
+
+    /// Names of the VolumeAttachments of `node` (volumes a CSI driver has
+    /// attached, or is detaching). Termination waits for them: a volume
+    /// still attached when the instance goes makes its next Pod wait for
+    /// EC2's forced detach (Multi-Attach errors).
+    pub async fn volume_attachments(&self, node: &str) -> Result<Vec<String>, kube::Error> {
+        let attachments = Api::<VolumeAttachment>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await?;
+        Ok(attachments
+            .items
+            .iter()
+            .filter(|a| a.spec.node_name == node)
+            .map(|a| a.name_any())
+            .collect())
     }
 
     /// Asks for an eviction, which the server refuses with 429 while a
@@ -104,6 +141,16 @@ impl Drainer {
             .await
             .map(|_| ())
     }
+}
+
+/// The termination grace period a Pod asks for.
+fn grace_period(pod: &Pod) -> Duration {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .and_then(|s| u64::try_from(s).ok())
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_GRACE)
 }
 
 /// Whether a pod has to leave the node before it goes away.

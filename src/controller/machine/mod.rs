@@ -17,6 +17,7 @@ mod apply;
 mod cleanup;
 mod create;
 pub mod drain;
+pub mod drain_clock;
 pub mod launch_record;
 mod observe;
 pub mod phase;

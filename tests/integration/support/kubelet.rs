@@ -442,6 +442,22 @@ pub async fn pod_on_node(client: &Client, ns: &str, name: &str, node: &str) -> P
     create_pod(client, ns, pod_object(name, node, json!({}), json!([]))).await
 }
 
+/// Creates Pod `name` on `node` with a termination grace period of
+/// `grace_seconds` and a finalizer (`test.example/hold`) that keeps it
+/// Terminating after it is deleted, until the test removes it.
+pub async fn lingering_pod_on_node(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    node: &str,
+    grace_seconds: i64,
+) -> Pod {
+    let mut pod = pod_object(name, node, json!({}), json!([]));
+    pod["metadata"]["finalizers"] = json!(["test.example/hold"]);
+    pod["spec"]["terminationGracePeriodSeconds"] = json!(grace_seconds);
+    create_pod(client, ns, pod).await
+}
+
 /// Creates Pod `name` on `node`, reported Running (a Pending Pod may be
 /// evicted whatever its budget says), with a PodDisruptionBudget of the same
 /// name that allows no disruption (`minAvailable: 1`; no disruption
