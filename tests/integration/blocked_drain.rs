@@ -14,7 +14,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::VolumeAttachment;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, PostParams};
-use mcm_provider_aws::api::machine::NODE_LABEL;
+use mcm_provider_aws::api::machine::{Machine, NODE_LABEL};
 use mcm_provider_aws::api::shared::MachinePhase;
 
 use crate::support::env;
@@ -27,25 +27,33 @@ use crate::support::wait::eventually_or;
 const MINUTE: Duration = Duration::from_secs(60);
 const GUARDED: &str = "guarded";
 
-/// A Running machine `m1` with `drain_timeout`, a Pod on its Node that a
-/// PodDisruptionBudget protects, and the machine deleted: returns once the
-/// operator reports the blocked drain, with the Node's name and the
-/// Machine's deletion timestamp (the drain timeout counts from it).
-async fn blocked_drain(s: &Scenario, drain_timeout: &str) -> (String, Timestamp) {
+/// Machine `m1`, edited by `edit`, created and Running: its Node's name.
+async fn running_machine(s: &Scenario, edit: impl FnOnce(&mut Machine)) -> String {
     let mut m = machine(&s.ns, "m1", CLASS);
-    m.spec.configuration.drain_timeout = Some(drain_timeout.parse().unwrap());
+    edit(&mut m);
     s.machines()
         .create(&PostParams::default(), &m)
         .await
         .expect("create machine");
     let running = s.wait_phase("m1", MachinePhase::Running, 2 * MINUTE).await;
-    let node = running
+    running
         .metadata
         .labels
         .as_ref()
         .and_then(|l| l.get(NODE_LABEL))
         .cloned()
-        .expect("a Running machine names its node");
+        .expect("a Running machine names its node")
+}
+
+/// A Running machine `m1` with `drain_timeout`, a Pod on its Node that a
+/// PodDisruptionBudget protects, and the machine deleted: returns once the
+/// operator reports the blocked drain, with the Node's name and the
+/// Machine's deletion timestamp (the drain timeout counts from it).
+async fn blocked_drain(s: &Scenario, drain_timeout: &str) -> (String, Timestamp) {
+    let node = running_machine(s, |m| {
+        m.spec.configuration.drain_timeout = Some(drain_timeout.parse().unwrap());
+    })
+    .await;
     guarded_pod_on_node(&s.client, &s.ns, GUARDED, &node).await;
     s.machines()
         .delete("m1", &DeleteParams::default())
@@ -248,17 +256,13 @@ async fn bench_blocked_drain_api_cost() {
 #[tokio::test]
 async fn a_forced_drain_deletes_pods_with_their_grace_period_and_moves_on() {
     let s = Scenario::start("linger").await;
-    let mut m = machine(&s.ns, "m1", CLASS);
     // Forced after one refused eviction's worth of time (20 s), not the
     // drain timeout.
-    m.spec.configuration.drain_timeout = Some("1h".parse().unwrap());
-    m.spec.configuration.max_evict_retries = Some(1);
-    s.machines()
-        .create(&PostParams::default(), &m)
-        .await
-        .expect("create machine");
-    let running = s.wait_phase("m1", MachinePhase::Running, 2 * MINUTE).await;
-    let node = running.metadata.labels.as_ref().unwrap()[NODE_LABEL].clone();
+    let node = running_machine(&s, |m| {
+        m.spec.configuration.drain_timeout = Some("1h".parse().unwrap());
+        m.spec.configuration.max_evict_retries = Some(1);
+    })
+    .await;
     guarded_pod_on_node(&s.client, &s.ns, GUARDED, &node).await;
     lingering_pod_on_node(&s.client, &s.ns, "slow", &node, 7).await;
     // Under the same budget, and Running: evictions of both are refused
@@ -317,9 +321,7 @@ async fn a_forced_drain_deletes_pods_with_their_grace_period_and_moves_on() {
 #[tokio::test]
 async fn termination_waits_a_bounded_time_for_volumes_to_detach() {
     let s = Scenario::start_with("detach", false, &["--machine-pv-detach-timeout=20s"]).await;
-    s.create_machine("m1").await;
-    let running = s.wait_phase("m1", MachinePhase::Running, 2 * MINUTE).await;
-    let node = running.metadata.labels.as_ref().unwrap()[NODE_LABEL].clone();
+    let node = running_machine(&s, |_| {}).await;
     let attachment: VolumeAttachment = serde_json::from_value(serde_json::json!({
         "apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttachment",
         "metadata": {"name": format!("csi-{}", s.ns)},
