@@ -17,7 +17,7 @@ use mcm_provider_aws::controller::class::SECRET_FINALIZER;
 use mcm_provider_aws::controller::machine::FINALIZER;
 
 use crate::support::ec2::{self, tag};
-use crate::support::proxy::{Fault, Rule};
+use crate::support::proxy::{Fault, ProxyBehaviour, Rule};
 use crate::support::scenario::{CLASS, SECRET, Scenario};
 use crate::support::wait::eventually_or;
 
@@ -94,6 +94,58 @@ async fn kill9_during_create_and_delete_never_duplicates_or_leaks() {
     }
     let left = s.live_instances().await;
     assert!(left.is_empty(), "instances of deleted machines: {left:?}");
+}
+
+/// 30 machines, 30 kills: the operator is killed 15 times while it
+/// launches them and 15 times while it deletes them, with EC2 behaving as
+/// EC2 (ClientToken memory, a 4 s consistency window, the account's token
+/// buckets) and one call in five throttled on top. Exactly one instance per
+/// machine, none left after the deletion — without orphan collection.
+#[tokio::test]
+async fn thirty_kills_under_throttling_and_lag_leave_one_instance_per_machine() {
+    let mut s = Scenario::start_with("chaos30", true, &["--orphan-collection-interval=1h"]).await;
+    let proxy = s.proxy.as_ref().unwrap();
+    proxy.set_behaviour(ProxyBehaviour::like_ec2());
+    proxy.set_rules(vec![Rule::every(5, Fault::Throttle)]);
+    let names: Vec<String> = (0..30).map(|i| format!("k{i:02}")).collect();
+    let mut uids = Vec::new();
+    for n in &names {
+        uids.push(s.create_machine(n).await.uid().unwrap());
+    }
+    for d in delays(31, 15, 2500) {
+        tokio::time::sleep(d).await;
+        s.op.restart();
+    }
+    for n in &names {
+        s.wait_phase(n, MachinePhase::Running, 6 * MINUTE).await;
+    }
+    let per_uid = live_per_uid(&s).await;
+    for uid in &uids {
+        assert_eq!(
+            per_uid.get(uid),
+            Some(&1),
+            "exactly one instance for machine {uid}: {per_uid:?}"
+        );
+    }
+    assert_eq!(per_uid.len(), uids.len(), "no stray instance: {per_uid:?}");
+
+    for n in &names {
+        s.machines()
+            .delete(n, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    for d in delays(37, 15, 2000) {
+        tokio::time::sleep(d).await;
+        s.op.restart();
+    }
+    for n in &names {
+        s.wait_gone(n, 6 * MINUTE).await;
+    }
+    let left = s.live_instances().await;
+    assert!(left.is_empty(), "instances of deleted machines: {left:?}");
+    let throttled: u64 = s.proxy.as_ref().unwrap().faults().values().sum();
+    assert!(throttled > 0, "the proxy throttled calls");
 }
 
 #[tokio::test]
