@@ -11,6 +11,7 @@ use kube::api::DeleteParams;
 use mcm_provider_aws::api::shared::MachinePhase;
 use mcm_provider_aws::controller::machine::launch_record::{LAUNCH_ANNOTATION, LaunchRecord};
 
+use crate::support::ec2;
 use crate::support::proxy::ProxyBehaviour;
 use crate::support::scenario::{CLASS, Scenario};
 use crate::support::wait::eventually_or;
@@ -200,4 +201,48 @@ async fn refused_tag_updates_are_reported_and_do_not_stop_the_machine() {
         .unwrap();
     s.wait_gone("t1", 2 * MINUTE).await;
     assert!(s.live_instances().await.is_empty());
+}
+
+/// A launch token EC2 already used — for other parameters, an instance since
+/// terminated — does not stick a machine: the operator moves to a new
+/// attempt (a new token) and launches once. After a mismatch the new attempt
+/// waits out the visibility grace (5 minutes: an instance of the earlier call
+/// could still show up and be adopted), so this test takes that long.
+#[tokio::test]
+async fn a_stale_client_token_leads_to_a_fresh_attempt() {
+    let mut s = Scenario::start_with("stale", true, &[]).await;
+    let proxy = s.proxy.as_ref().unwrap();
+    proxy.set_behaviour(ProxyBehaviour::default().with_client_tokens());
+    // The Machine exists before any operator sees it; its first token
+    // (its UID) is spent on a launch with other parameters, since
+    // terminated.
+    s.op.kill9();
+    let uid = s.create_machine("st").await.uid().unwrap();
+    let spent = ec2::run_one(
+        &proxy.client("testing"),
+        &s.net,
+        Some(&uid),
+        aws_sdk_ec2::types::InstanceType::T3Micro,
+    )
+    .await
+    .expect("the launch that spends the token");
+    let spent_id = spent.instances()[0].instance_id().unwrap().to_string();
+    s.ec2
+        .terminate_instances()
+        .instance_ids(&spent_id)
+        .send()
+        .await
+        .unwrap();
+
+    s.op.restart();
+    let m = s.wait_phase("st", MachinePhase::Running, 8 * MINUTE).await;
+    let record = LaunchRecord::from_annotations(m.annotations()).expect("a launch record");
+    assert!(record.attempt >= 1, "a new attempt: {record:?}");
+    let live = s.live_instances().await;
+    assert_eq!(live.len(), 1, "one instance: {live:?}");
+    assert_eq!(
+        ec2::tag(&live[0], mcm_provider_aws::aws::tags::MACHINE_UID_TAG),
+        Some(uid.as_str())
+    );
+    assert_ne!(live[0].instance_id(), Some(spent_id.as_str()));
 }

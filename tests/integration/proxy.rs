@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_ec2::operation::run_instances::{RunInstancesError, RunInstancesOutput};
+use aws_sdk_ec2::operation::run_instances::RunInstancesOutput;
 use aws_sdk_ec2::types::{Filter, InstanceType};
 
 use crate::support::ec2::{self, Network};
@@ -38,24 +38,6 @@ fn failure<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(
     }
 }
 
-/// Launches one instance of `net` through `ec2`.
-async fn run(
-    ec2: &aws_sdk_ec2::Client,
-    net: &Network,
-    token: Option<&str>,
-    instance_type: InstanceType,
-) -> Result<RunInstancesOutput, SdkError<RunInstancesError, HttpResponse>> {
-    ec2.run_instances()
-        .image_id(&net.ami)
-        .subnet_id(&net.subnet_id)
-        .instance_type(instance_type)
-        .min_count(1)
-        .max_count(1)
-        .set_client_token(token.map(str::to_string))
-        .send()
-        .await
-}
-
 fn ids(out: &RunInstancesOutput) -> (String, Vec<String>) {
     (
         out.reservation_id().unwrap_or_default().to_string(),
@@ -84,12 +66,16 @@ async fn listed(ec2: &aws_sdk_ec2::Client, net: &Network) -> Vec<String> {
 async fn a_repeated_client_token_returns_the_first_launch_even_after_termination() {
     let (proxy, net) = proxy_with(ProxyBehaviour::default().with_client_tokens()).await;
     let ec2 = proxy.client(KEY);
-    let first = ids(&run(&ec2, &net, Some("repeat-1"), InstanceType::T3Micro)
-        .await
-        .expect("first launch"));
-    let again = ids(&run(&ec2, &net, Some("repeat-1"), InstanceType::T3Micro)
-        .await
-        .expect("repeated launch"));
+    let first = ids(
+        &ec2::run_one(&ec2, &net, Some("repeat-1"), InstanceType::T3Micro)
+            .await
+            .expect("first launch"),
+    );
+    let again = ids(
+        &ec2::run_one(&ec2, &net, Some("repeat-1"), InstanceType::T3Micro)
+            .await
+            .expect("repeated launch"),
+    );
     assert_eq!(again, first, "same reservation, same instances");
     let moto = ec2::client().await;
     assert_eq!(
@@ -103,9 +89,11 @@ async fn a_repeated_client_token_returns_the_first_launch_even_after_termination
         .send()
         .await
         .expect("terminate in moto");
-    let after = ids(&run(&ec2, &net, Some("repeat-1"), InstanceType::T3Micro)
-        .await
-        .expect("launch repeated after termination"));
+    let after = ids(
+        &ec2::run_one(&ec2, &net, Some("repeat-1"), InstanceType::T3Micro)
+            .await
+            .expect("launch repeated after termination"),
+    );
     assert_eq!(after, first, "the token still means the first launch");
     assert_eq!(listed(&moto, &net).await, first.1, "nothing new launched");
 
@@ -119,10 +107,12 @@ async fn a_repeated_client_token_returns_the_first_launch_even_after_termination
 async fn a_client_token_reused_with_other_parameters_is_an_idempotent_parameter_mismatch() {
     let (proxy, net) = proxy_with(ProxyBehaviour::default().with_client_tokens()).await;
     let ec2 = proxy.client(KEY);
-    let first = ids(&run(&ec2, &net, Some("mismatch-1"), InstanceType::T3Micro)
-        .await
-        .expect("first launch"));
-    let other = run(&ec2, &net, Some("mismatch-1"), InstanceType::T3Small).await;
+    let first = ids(
+        &ec2::run_one(&ec2, &net, Some("mismatch-1"), InstanceType::T3Micro)
+            .await
+            .expect("first launch"),
+    );
+    let other = ec2::run_one(&ec2, &net, Some("mismatch-1"), InstanceType::T3Small).await;
     assert_eq!(
         failure(other),
         (400, "IdempotentParameterMismatch".to_string())
@@ -149,12 +139,16 @@ async fn a_client_token_reused_with_other_parameters_is_an_idempotent_parameter_
 async fn without_the_switch_the_proxy_is_moto_which_ignores_client_tokens() {
     let (proxy, net) = proxy_with(ProxyBehaviour::default()).await;
     let ec2 = proxy.client(KEY);
-    let a = ids(&run(&ec2, &net, Some("plain-1"), InstanceType::T3Micro)
-        .await
-        .unwrap());
-    let b = ids(&run(&ec2, &net, Some("plain-1"), InstanceType::T3Micro)
-        .await
-        .unwrap());
+    let a = ids(
+        &ec2::run_one(&ec2, &net, Some("plain-1"), InstanceType::T3Micro)
+            .await
+            .unwrap(),
+    );
+    let b = ids(
+        &ec2::run_one(&ec2, &net, Some("plain-1"), InstanceType::T3Micro)
+            .await
+            .unwrap(),
+    );
     assert_ne!(a.1, b.1, "moto launches every repeat");
     // And new instances are visible at once.
     assert!(listed(&ec2, &net).await.contains(&b.1[0]));
@@ -170,10 +164,18 @@ async fn new_instances_are_unknown_within_the_consistency_window_and_known_after
     let ec2 = proxy.client(KEY);
     let moto = ec2::client().await;
     // An older instance, launched behind the proxy's back: always known.
-    let old = ids(&run(&moto, &net, None, InstanceType::T3Micro).await.unwrap()).1[0].clone();
+    let old = ids(&ec2::run_one(&moto, &net, None, InstanceType::T3Micro)
+        .await
+        .unwrap())
+    .1[0]
+        .clone();
 
     let launched = Instant::now();
-    let new = ids(&run(&ec2, &net, None, InstanceType::T3Micro).await.unwrap()).1[0].clone();
+    let new = ids(&ec2::run_one(&ec2, &net, None, InstanceType::T3Micro)
+        .await
+        .unwrap())
+    .1[0]
+        .clone();
     assert_eq!(
         listed(&ec2, &net).await,
         [old.as_str()],

@@ -7,9 +7,12 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_ec2::error::SdkError;
+use aws_sdk_ec2::operation::run_instances::{RunInstancesError, RunInstancesOutput};
 use aws_sdk_ec2::types::{
-    Filter, Instance, InstanceStateName, ResourceType, Tag, TagSpecification,
+    Filter, Instance, InstanceStateName, InstanceType, ResourceType, Tag, TagSpecification,
 };
 
 use super::env;
@@ -178,4 +181,22 @@ pub fn is_live(i: &Instance) -> bool {
         i.state().and_then(|s| s.name()),
         Some(InstanceStateName::ShuttingDown | InstanceStateName::Terminated)
     )
+}
+
+/// Launches one instance of `net` through `ec2`.
+pub async fn run_one(
+    ec2: &aws_sdk_ec2::Client,
+    net: &Network,
+    token: Option<&str>,
+    instance_type: InstanceType,
+) -> Result<RunInstancesOutput, SdkError<RunInstancesError, HttpResponse>> {
+    ec2.run_instances()
+        .image_id(&net.ami)
+        .subnet_id(&net.subnet_id)
+        .instance_type(instance_type)
+        .min_count(1)
+        .max_count(1)
+        .set_client_token(token.map(str::to_string))
+        .send()
+        .await
 }
