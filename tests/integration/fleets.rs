@@ -13,21 +13,24 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams};
 use mcm_provider_aws::api::machine::Machine;
 use mcm_provider_aws::api::machine_deployment::{
-    MACHINE_TEMPLATE_HASH_LABEL, MachineDeployment, MachineDeploymentConditionType,
+    MACHINE_TEMPLATE_HASH_LABEL, MachineDeploymentConditionType,
 };
-use mcm_provider_aws::api::machine_set::MachineSet;
 use mcm_provider_aws::api::shared::{ConditionStatus, MachinePhase};
 use mcm_provider_aws::controller::fleet::census::MACHINE_PRIORITY_ANNOTATION;
 use mcm_provider_aws::controller::fleet::drift::{CONDITION_DRIFTED, REPLACE_ON_DRIFT_ANNOTATION};
 use serde_json::{Value, json};
 
 use crate::support::ec2::{self, tag};
+use crate::support::env;
+use crate::support::fleet::{
+    apply, apply_deployment, assert_instances_match, condition_reason, deployments, fleet_json,
+    hash_of, is_running, merge_patch, pool, revised, sets, wait_pool, wait_rolled_out,
+};
 use crate::support::scenario::{CLASS, Scenario};
 use crate::support::wait::eventually_or;
-use crate::support::{TEST_MANAGER, env};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -38,150 +41,6 @@ macro_rules! ensure {
             panic!("{}\n--- operator log ---\n{}", format!($($arg)+), $s.op.log());
         }
     };
-}
-
-/// A MachineDeployment (or MachineSet) of class [`CLASS`] selecting
-/// `pool=<name>`.
-fn fleet_json(kind: &str, s: &Scenario, name: &str, replicas: i32, extra: Value) -> Value {
-    let mut spec = json!({
-        "replicas": replicas,
-        "selector": {"matchLabels": {"pool": name}},
-        "template": {
-            "metadata": {"labels": {"pool": name}},
-            "spec": {"class": {"kind": "MachineClass", "name": CLASS}},
-        },
-    });
-    merge(&mut spec, extra);
-    json!({
-        "apiVersion": "machine.sapcloud.io/v1alpha1", "kind": kind,
-        "metadata": {"name": name, "namespace": s.ns},
-        "spec": spec,
-    })
-}
-
-fn merge(into: &mut Value, from: Value) {
-    match (into, from) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                merge(a.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (slot, v) => *slot = v,
-    }
-}
-
-fn deployments(s: &Scenario) -> Api<MachineDeployment> {
-    Api::namespaced(s.client.clone(), &s.ns)
-}
-
-fn sets(s: &Scenario) -> Api<MachineSet> {
-    Api::namespaced(s.client.clone(), &s.ns)
-}
-
-async fn apply<K>(api: &Api<K>, name: &str, object: &Value)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    api.patch(
-        name,
-        &PatchParams::apply(TEST_MANAGER).force(),
-        &Patch::Apply(object),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("apply {name}: {e}"));
-}
-
-async fn merge_patch<K>(api: &Api<K>, name: &str, patch: Value)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap_or_else(|e| panic!("patch {name}: {e}"));
-}
-
-/// The machines of pool `name` (all, terminating ones included).
-async fn pool(s: &Scenario, name: &str) -> Vec<Machine> {
-    s.machines()
-        .list(&ListParams::default().labels(&format!("pool={name}")))
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default()
-}
-
-fn is_running(m: &Machine) -> bool {
-    m.metadata.deletion_timestamp.is_none() && m.phase() == Some(MachinePhase::Running)
-}
-
-fn hash_of(m: &Machine) -> String {
-    m.labels()
-        .get(MACHINE_TEMPLATE_HASH_LABEL)
-        .cloned()
-        .unwrap_or_default()
-}
-
-/// Waits until pool `name` is exactly `n` Running machines (none being
-/// deleted) and returns them, oldest first.
-async fn wait_pool(s: &Scenario, name: &str, n: usize, timeout: Duration) -> Vec<Machine> {
-    eventually_or(
-        &format!("pool {name} to be {n} Running machines"),
-        timeout,
-        || async {
-            let mut ms = pool(s, name).await;
-            (ms.len() == n && ms.iter().all(is_running)).then(|| {
-                ms.sort_by_key(|m| (m.creation_timestamp().map(|t| t.0), m.name_any()));
-                ms
-            })
-        },
-        || s.op.log(),
-    )
-    .await
-}
-
-/// Waits until deployment `name` reports a finished rollout to `n` machines
-/// and its pool is those `n` Running machines of one MachineSet.
-async fn wait_rolled_out(s: &Scenario, name: &str, n: i32, timeout: Duration) -> Vec<Machine> {
-    eventually_or(
-        &format!("deployment {name} to finish its rollout to {n}"),
-        timeout,
-        || async {
-            let d = deployments(s).get(name).await.ok()?;
-            let st = d.status.clone()?;
-            let done = st.observed_generation == d.metadata.generation.unwrap_or_default()
-                && (st.replicas, st.updated_replicas, st.available_replicas) == (n, n, n);
-            let ms = pool(s, name).await;
-            let one_set = ms.iter().map(hash_of).collect::<BTreeSet<_>>().len() <= 1;
-            (done && one_set && ms.len() == n as usize && ms.iter().all(is_running)).then_some(ms)
-        },
-        || s.op.log(),
-    )
-    .await
-}
-
-/// Live instances of the namespace are exactly those of `machines`.
-async fn assert_instances_match(
-    s: &Scenario,
-    machines: &[Machine],
-) -> Vec<aws_sdk_ec2::types::Instance> {
-    let wanted: BTreeSet<String> = machines
-        .iter()
-        .filter_map(|m| m.spec.provider_id.as_deref())
-        .filter_map(|p| p.rsplit('/').next().map(str::to_string))
-        .collect();
-    eventually_or(
-        "live instances to be exactly the machines' instances",
-        MINUTE,
-        || async {
-            let live = s.live_instances().await;
-            let ids: BTreeSet<String> = live
-                .iter()
-                .filter_map(|i| i.instance_id().map(str::to_string))
-                .collect();
-            (ids == wanted).then_some(live)
-        },
-        || s.op.log(),
-    )
-    .await
 }
 
 /// What the sampler saw.
@@ -276,23 +135,10 @@ impl Sampler {
     }
 }
 
-fn condition_reason(
-    d: &MachineDeployment,
-    t: MachineDeploymentConditionType,
-) -> Option<(ConditionStatus, String)> {
-    let c = d.status.as_ref()?.condition(t)?;
-    Some((c.status, c.reason.clone().unwrap_or_default()))
-}
-
 #[tokio::test]
 async fn deployment_scales_with_kubectl_and_removes_the_right_machines() {
     let s = Scenario::start("mcd-scale").await;
-    apply(
-        &deployments(&s),
-        "web",
-        &fleet_json("MachineDeployment", &s, "web", 3, json!({})),
-    )
-    .await;
+    apply_deployment(&s, "web", 3, json!({})).await;
     let first = wait_rolled_out(&s, "web", 3, 3 * MINUTE).await;
     let d = deployments(&s).get("web").await.unwrap();
     assert_eq!(
@@ -439,23 +285,11 @@ async fn template_change_rolls_within_max_surge_and_max_unavailable() {
         "revisionHistoryLimit": 0,
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 1}},
     });
-    apply(
-        &deployments(&s),
-        "web",
-        &fleet_json("MachineDeployment", &s, "web", 3, spec.clone()),
-    )
-    .await;
+    apply_deployment(&s, "web", 3, spec.clone()).await;
     let before = wait_rolled_out(&s, "web", 3, 3 * MINUTE).await;
 
     let sampler = Sampler::start(&s, "web");
-    let mut edited = spec;
-    edited["template"] = json!({"spec": {"nodeTemplate": {"metadata": {"labels": {"rev": "2"}}}}});
-    apply(
-        &deployments(&s),
-        "web",
-        &fleet_json("MachineDeployment", &s, "web", 3, edited),
-    )
-    .await;
+    apply_deployment(&s, "web", 3, revised(&spec, "2")).await;
     let after = wait_rolled_out(&s, "web", 3, 4 * MINUTE).await;
     let samples = sampler.finish().await;
 
@@ -501,12 +335,7 @@ async fn class_edit_updates_tags_in_place_and_rolls_the_instance_type() {
         "minReadySeconds": 1,
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
     });
-    apply(
-        &deployments(&s),
-        "web",
-        &fleet_json("MachineDeployment", &s, "web", 3, spec),
-    )
-    .await;
+    apply_deployment(&s, "web", 3, spec).await;
     let before = wait_rolled_out(&s, "web", 3, 3 * MINUTE).await;
     let before_names: BTreeSet<String> = before.iter().map(|m| m.name_any()).collect();
 
@@ -601,23 +430,11 @@ async fn class_edit_updates_tags_in_place_and_rolls_the_instance_type() {
 async fn recreate_deletes_every_old_machine_before_creating_new_ones() {
     let s = Scenario::start("mcd-recreate").await;
     let spec = json!({"strategy": {"type": "Recreate"}});
-    apply(
-        &deployments(&s),
-        "web",
-        &fleet_json("MachineDeployment", &s, "web", 2, spec.clone()),
-    )
-    .await;
+    apply_deployment(&s, "web", 2, spec.clone()).await;
     let before = wait_rolled_out(&s, "web", 2, 3 * MINUTE).await;
 
     let sampler = Sampler::start(&s, "web");
-    let mut edited = spec;
-    edited["template"] = json!({"spec": {"nodeTemplate": {"metadata": {"labels": {"rev": "2"}}}}});
-    apply(
-        &deployments(&s),
-        "web",
-        &fleet_json("MachineDeployment", &s, "web", 2, edited),
-    )
-    .await;
+    apply_deployment(&s, "web", 2, revised(&spec, "2")).await;
     let after = wait_rolled_out(&s, "web", 2, 4 * MINUTE).await;
     let samples = sampler.finish().await;
     ensure!(
@@ -633,12 +450,7 @@ async fn recreate_deletes_every_old_machine_before_creating_new_ones() {
 #[tokio::test]
 async fn paused_deployment_scales_but_rolls_only_when_resumed() {
     let s = Scenario::start("mcd-paused").await;
-    apply(
-        &deployments(&s),
-        "web",
-        &fleet_json("MachineDeployment", &s, "web", 2, json!({})),
-    )
-    .await;
+    apply_deployment(&s, "web", 2, json!({})).await;
     let before = wait_rolled_out(&s, "web", 2, 3 * MINUTE).await;
     let old_hash = hash_of(&before[0]);
 
@@ -646,12 +458,7 @@ async fn paused_deployment_scales_but_rolls_only_when_resumed() {
         "paused": true,
         "template": {"spec": {"nodeTemplate": {"metadata": {"labels": {"rev": "2"}}}}},
     });
-    apply(
-        &deployments(&s),
-        "web",
-        &fleet_json("MachineDeployment", &s, "web", 3, paused),
-    )
-    .await;
+    apply_deployment(&s, "web", 3, paused).await;
     let three = wait_pool(&s, "web", 3, 3 * MINUTE).await;
     assert!(
         three.iter().all(|m| hash_of(m) == old_hash),
@@ -685,21 +492,9 @@ async fn paused_deployment_scales_but_rolls_only_when_resumed() {
 async fn in_place_update_strategy_is_reported_and_not_rolled() {
     let s = Scenario::start("mcd-inplace").await;
     let spec = json!({"strategy": {"type": "InPlaceUpdate"}});
-    apply(
-        &deployments(&s),
-        "web",
-        &fleet_json("MachineDeployment", &s, "web", 1, spec.clone()),
-    )
-    .await;
+    apply_deployment(&s, "web", 1, spec.clone()).await;
     let before = wait_pool(&s, "web", 1, 3 * MINUTE).await;
-    let mut edited = spec;
-    edited["template"] = json!({"spec": {"nodeTemplate": {"metadata": {"labels": {"rev": "2"}}}}});
-    apply(
-        &deployments(&s),
-        "web",
-        &fleet_json("MachineDeployment", &s, "web", 1, edited),
-    )
-    .await;
+    apply_deployment(&s, "web", 1, revised(&spec, "2")).await;
     let d = eventually_or(
         "the deployment to say InPlaceUpdate is not supported",
         MINUTE,
@@ -867,12 +662,7 @@ async fn a_stalled_rollout_reports_the_progress_deadline_and_the_failed_machine(
 #[tokio::test]
 async fn deleting_a_deployment_removes_sets_machines_and_instances() {
     let s = Scenario::start("mcd-delete").await;
-    apply(
-        &deployments(&s),
-        "web",
-        &fleet_json("MachineDeployment", &s, "web", 2, json!({})),
-    )
-    .await;
+    apply_deployment(&s, "web", 2, json!({})).await;
     wait_rolled_out(&s, "web", 2, 3 * MINUTE).await;
     assert_eq!(s.live_instances().await.len(), 2);
 
@@ -926,12 +716,7 @@ async fn bench_rolling_replacement_of_ten_machines() {
     let spec = json!({
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 3, "maxUnavailable": 0}},
     });
-    apply(
-        &deployments(&s),
-        "web",
-        &fleet_json("MachineDeployment", &s, "web", 10, spec),
-    )
-    .await;
+    apply_deployment(&s, "web", 10, spec).await;
     let before = wait_rolled_out(&s, "web", 10, 5 * MINUTE).await;
     let before_names: BTreeSet<String> = before.iter().map(|m| m.name_any()).collect();
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -25,6 +25,7 @@ use kube::{Client, Config};
 
 pub mod ec2;
 pub mod fixtures;
+pub mod fleet;
 pub mod iam;
 pub mod instances;
 pub mod kubelet;
