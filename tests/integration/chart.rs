@@ -433,6 +433,23 @@ fn operator_credentials_are_off_unless_the_values_turn_them_on() {
     );
 }
 
+/// cluster-autoscaler's `mcm` provider stops autoscaling unless a Deployment
+/// named exactly `machine-controller-manager` has available replicas.
+#[test]
+fn the_deployment_can_carry_the_name_the_cluster_autoscaler_checks() {
+    let docs = template(&["deploymentName=machine-controller-manager"]);
+    assert_eq!(
+        deployment(&docs)["metadata"]["name"],
+        "machine-controller-manager"
+    );
+    let sa = of_kind(&docs, "ServiceAccount")[0];
+    assert_ne!(
+        sa["metadata"]["name"], "machine-controller-manager",
+        "only the Deployment is renamed"
+    );
+    assert!(template_error(&["deploymentName=Not_A_Name"]).contains("deploymentName"));
+}
+
 #[test]
 fn values_schema_rejects_wrong_types_and_unknown_keys() {
     for (values, expected) in [

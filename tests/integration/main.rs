@@ -5,6 +5,7 @@
 
 mod support;
 
+mod autoscaler;
 mod bench;
 mod blocked_drain;
 mod chart;

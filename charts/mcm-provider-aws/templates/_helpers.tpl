@@ -17,6 +17,10 @@
 {{- end -}}
 {{- end -}}
 
+{{- define "mcm.deploymentName" -}}
+{{- default (include "mcm.fullname" .) .Values.deploymentName -}}
+{{- end -}}
+
 {{- define "mcm.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "mcm.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}

@@ -15,12 +15,19 @@
 //!
 //! `paused` and the (unsupported) `InPlaceUpdate` strategy only scale; the
 //! latter says so in the Progressing condition.
+//!
+//! For the cluster-autoscaler ([`super::autoscaler`]): the machines named in
+//! the deployment's trigger-deletion annotation get priority 1 before any
+//! set is scaled (so a lowered `replicas` removes exactly those), and while
+//! a rollout runs every Node of the deployment is protected from the
+//! autoscaler's scale-down.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Future, StreamExt, TryFuture, future};
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
@@ -34,10 +41,11 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
-use super::census;
+use super::autoscaler::{self, NodeMark};
+use super::census::{self, MACHINE_PRIORITY_ANNOTATION};
 use super::drift::{self, EffectiveSpec, SPEC_HASH_ANNOTATION};
 use super::rollout::{self, ConditionInputs, Counts, RecreateStep, SetView};
-use crate::api::machine::Machine;
+use crate::api::machine::{Machine, NODE_LABEL};
 use crate::api::machine_class::MachineClass;
 use crate::api::machine_deployment::{
     MACHINE_TEMPLATE_HASH_LABEL, MachineDeployment, MachineDeploymentConditionType,
@@ -192,6 +200,22 @@ pub async fn reconcile(d: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<A
     }
     let view =
         |s: &MachineSet| set_view(s, by_set.get(&s.uid().unwrap_or_default()), min_ready, now);
+    let owned: Vec<&Machine> = sets
+        .iter()
+        .filter_map(|s| by_set.get(&s.uid().unwrap_or_default()))
+        .flatten()
+        .copied()
+        .collect();
+
+    // 3b. The machines the cluster-autoscaler chose go first: marked before
+    // any set is scaled down.
+    let chosen = mark_chosen(&d, &ctx, &owned, now).await?;
+    let has_chosen = |v: &SetView| {
+        sets.iter()
+            .find(|s| s.name_any() == v.name)
+            .and_then(|s| by_set.get(&s.uid().unwrap_or_default()))
+            .is_some_and(|ms| ms.iter().any(|m| chosen.contains(&m.name_any())))
+    };
 
     // 4. Which set is the new one.
     let new_index = find_new(&sets, &d.spec.template, class_hash.as_deref());
@@ -229,6 +253,10 @@ pub async fn reconcile(d: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<A
             let mut others = old_views.clone();
             others.sort_by(|a, b| (b.created, &b.name).cmp(&(a.created, &a.name)));
             ordered.extend(others);
+            let total: i64 = ordered.iter().map(|v| i64::from(v.replicas)).sum();
+            if total > i64::from(replicas) {
+                autoscaler::chosen_last(&mut ordered, has_chosen);
+            }
             changes = rollout::scale_without_rollout(replicas, &ordered);
         }
     } else if strategy == MachineDeploymentStrategyType::Recreate {
@@ -265,6 +293,10 @@ pub async fn reconcile(d: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<A
         }
     }
 
+    // A rollout runs while old sets are to keep machines (MCM's rule for
+    // protecting the deployment's Nodes from the autoscaler's scale-down).
+    let rolling = !d.spec.paused && old_views.iter().any(|v| v.replicas > 0);
+
     debug!(
         deployment = %d.name_any(),
         new = ?new_view,
@@ -276,6 +308,7 @@ pub async fn reconcile(d: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<A
 
     // 6. Act: create the new set, scale sets.
     let mut failure: Option<(String, String)> = None;
+    let mut set_create_error: Option<String> = None;
     let mut created_new = false;
     let mut collision_count = d.status.as_ref().and_then(|s| s.collision_count);
     let mut new_name = new_name;
@@ -312,10 +345,9 @@ pub async fn reconcile(d: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<A
                 warn!(deployment = %d.name_any(), set = %set.name_any(), "machine set name collision");
             }
             Err(e) => {
-                failure = Some((
-                    "FailedCreate".into(),
-                    format!("Creating MachineSet {} failed: {e}", set.name_any()),
-                ))
+                let message = format!("Creating MachineSet {} failed: {e}", set.name_any());
+                set_create_error = Some(message.clone());
+                failure = Some(("FailedCreate".into(), message));
             }
         }
     }
@@ -407,7 +439,11 @@ pub async fn reconcile(d: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<A
         new_set: new_name.as_deref(),
         created_new_set: created_new,
         paused: d.spec.paused,
-        blocked: in_place.then_some(("InPlaceUpdateNotSupported", IN_PLACE_MESSAGE)),
+        blocked: in_place
+            .then_some(("InPlaceUpdateNotSupported", IN_PLACE_MESSAGE))
+            .or(set_create_error
+                .as_deref()
+                .map(|m| (rollout::SET_CREATE_ERROR, m))),
         progress_deadline_seconds: d.spec.progress_deadline_seconds,
         failure: failure.as_ref().map(|(r, m)| (r.as_str(), m.as_str())),
         now,
@@ -432,6 +468,19 @@ pub async fn reconcile(d: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<A
     announce_transitions(&ctx, &d, &old, &status).await;
     write_status(&d, &ctx, &old, status).await?;
 
+    // 8. The autoscaler leaves the deployment's Nodes alone while it rolls;
+    // the protection goes once the rollout is complete.
+    let protect = if rolling {
+        Some(true)
+    } else if !d.spec.paused && counts.complete(replicas) {
+        Some(false)
+    } else {
+        None
+    };
+    if let Some(protect) = protect {
+        protect_nodes(&ctx, &owned, protect).await?;
+    }
+
     let all: Vec<&Machine> = machines.iter().collect();
     let next = [
         Some(RESYNC),
@@ -445,6 +494,123 @@ pub async fn reconcile(d: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<A
     .unwrap_or(RESYNC);
     ctx.reset_backoff(&uid);
     Ok(Action::requeue(next))
+}
+
+/// Gives the machines named in the trigger-deletion annotation priority 1
+/// (and the time they were chosen), reports malformed entries, and drops the
+/// names of machines that are gone, Failed or being deleted. Returns the
+/// names still chosen. The annotation is rewritten with the resourceVersion
+/// read, so an entry the autoscaler adds meanwhile is never lost (the write
+/// conflicts and the pass is retried).
+async fn mark_chosen(
+    d: &MachineDeployment,
+    ctx: &Context,
+    machines: &[&Machine],
+    now: Timestamp,
+) -> Result<BTreeSet<String>> {
+    let annotations = d.annotations();
+    let Some(value) = annotations.get(autoscaler::TRIGGER_DELETION_ANNOTATION) else {
+        return Ok(BTreeSet::new());
+    };
+    let fallback = annotations
+        .get(autoscaler::LAST_SCALER_CHANGE_ANNOTATION)
+        .filter(|t| t.parse::<Timestamp>().is_ok())
+        .cloned()
+        .unwrap_or_else(|| now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+    let plan = autoscaler::plan_trigger_deletion(Some(value), machines, &fallback);
+    let ns = d.namespace().unwrap_or_default();
+    let machine_api = Api::<Machine>::namespaced(ctx.client.clone(), &ns);
+    for (name, time) in &plan.mark {
+        let mut marks = serde_json::Map::new();
+        marks.insert(
+            MACHINE_PRIORITY_ANNOTATION.into(),
+            autoscaler::PRIORITY_CHOSEN.into(),
+        );
+        if let Some(time) = time {
+            marks.insert(
+                autoscaler::MARKED_FOR_DELETION_TIME_ANNOTATION.into(),
+                time.clone().into(),
+            );
+        }
+        let patch = json!({"metadata": {"annotations": marks}});
+        machine_api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        info!(deployment = %d.name_any(), machine = %name, "machine chosen by the autoscaler: priority 1");
+    }
+    if !plan.problems.is_empty() {
+        let message = format!(
+            "Skipped {} entr{} of annotation {}: {}. Expected machine names, or name~<RFC 3339 time>, separated by commas.",
+            plan.problems.len(),
+            if plan.problems.len() == 1 { "y" } else { "ies" },
+            autoscaler::TRIGGER_DELETION_ANNOTATION,
+            plan.problems.join(", ")
+        );
+        warn!(deployment = %d.name_any(), %message, "malformed trigger-deletion annotation");
+        publish(
+            ctx,
+            d,
+            EventType::Warning,
+            "InvalidTriggerDeletion",
+            "Scale",
+            message,
+        )
+        .await;
+    }
+    let chosen: BTreeSet<String> = plan.chosen.iter().cloned().collect();
+    if let Some(new_value) = plan.annotation {
+        let patch = json!({"metadata": {
+            "resourceVersion": d.resource_version(),
+            "annotations": {autoscaler::TRIGGER_DELETION_ANNOTATION: new_value},
+        }});
+        Api::<MachineDeployment>::namespaced(ctx.client.clone(), &ns)
+            .patch(
+                &d.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+        debug!(deployment = %d.name_any(), value = ?new_value, "trigger-deletion annotation updated");
+    }
+    Ok(chosen)
+}
+
+/// Adds (`protect`) or removes the autoscaler's scale-down protection on the
+/// Nodes of `machines` (see [`autoscaler::scale_down_mark`]); Nodes already
+/// as wanted are not written.
+async fn protect_nodes(ctx: &Context, machines: &[&Machine], protect: bool) -> Result<()> {
+    let nodes = Api::<Node>::all(ctx.target.clone());
+    for m in machines {
+        if protect && census::is_terminating(m) {
+            continue;
+        }
+        let Some(name) = m.labels().get(NODE_LABEL) else {
+            continue;
+        };
+        let Some(node) = ctx.nodes.get(&ObjectRef::new(name)) else {
+            continue;
+        };
+        let value = match autoscaler::scale_down_mark(node.annotations(), protect) {
+            Some(NodeMark::Add) => json!("true"),
+            Some(NodeMark::Remove) => serde_json::Value::Null,
+            None => continue,
+        };
+        let patch = json!({"metadata": {"annotations": {
+            autoscaler::SCALE_DOWN_DISABLED_ANNOTATION: value,
+            autoscaler::SCALE_DOWN_DISABLED_BY_US: value,
+        }}});
+        match nodes
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                debug!(node = %name, protect, "autoscaler scale-down protection changed")
+            }
+            Err(e) if crate::controller::machine::drain::is_not_found(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Requeue policy after an error: per-object backoff.

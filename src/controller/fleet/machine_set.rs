@@ -30,7 +30,8 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::census::{self, plan_set, slow_start_batches};
+use super::autoscaler::PRIORITY_DEFAULT;
+use super::census::{self, MACHINE_PRIORITY_ANNOTATION, plan_set, slow_start_batches};
 use super::drift::REPLACE_ON_DRIFT_ANNOTATION;
 use crate::api::machine::Machine;
 use crate::api::machine_deployment::MachineDeployment;
@@ -277,18 +278,23 @@ fn is_frozen(set: &MachineSet) -> bool {
 }
 
 /// A new Machine of `set`: the template's labels, annotations and spec, the
-/// controller reference and the lifecycle finalizer (set at creation, so the
-/// machine reconciler saves a write).
+/// controller reference, the lifecycle finalizer (set at creation, so the
+/// machine reconciler saves a write) and MCM's default scale-down priority
+/// `3`, which the cluster-autoscaler expects on every machine.
 fn machine_from_template(set: &MachineSet, ns: &str) -> Machine {
     let template = &set.spec.template;
     let mut spec = template.spec.clone();
     spec.provider_id = None;
+    let mut annotations = template.metadata.annotations.clone().unwrap_or_default();
+    annotations
+        .entry(MACHINE_PRIORITY_ANNOTATION.to_string())
+        .or_insert_with(|| PRIORITY_DEFAULT.to_string());
     Machine {
         metadata: ObjectMeta {
             generate_name: Some(format!("{}-", set.name_any())),
             namespace: Some(ns.to_string()),
             labels: template.metadata.labels.clone(),
-            annotations: template.metadata.annotations.clone(),
+            annotations: Some(annotations),
             owner_references: Some(vec![ownership::controller_ref(set)]),
             finalizers: Some(vec![FINALIZER.to_string()]),
             ..ObjectMeta::default()
@@ -397,6 +403,18 @@ mod tests {
         assert_eq!(m.spec.provider_id, None, "never copied");
         assert_eq!(ownership::controller_uid(&m.metadata), Some("set-uid"));
         assert_eq!(m.finalizers(), [FINALIZER]);
+        assert_eq!(m.annotations()[MACHINE_PRIORITY_ANNOTATION], "3");
+        let mut chosen = set();
+        chosen.spec.template.metadata.annotations = Some(BTreeMap::from([(
+            MACHINE_PRIORITY_ANNOTATION.into(),
+            "5".into(),
+        )]));
+        let m = machine_from_template(&chosen, "ns");
+        assert_eq!(
+            m.annotations()[MACHINE_PRIORITY_ANNOTATION],
+            "5",
+            "the template's wins"
+        );
     }
 
     #[test]

@@ -7,8 +7,11 @@
 //! - [`census`]: what state each machine of a fleet is in, MCM's scale-down
 //!   order, a set's plan and status (pure);
 //! - [`drift`]: does a machine still match its MachineClass (the effective
-//!   spec hash, the `Drifted` condition).
+//!   spec hash, the `Drifted` condition);
+//! - [`autoscaler`]: cluster-autoscaler's protocol (the trigger-deletion
+//!   annotation, scale-down protection of Nodes during rollouts; pure).
 
+pub mod autoscaler;
 pub mod census;
 pub mod drift;
 pub mod machine_deployment;

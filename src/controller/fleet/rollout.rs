@@ -315,6 +315,17 @@ impl Counts {
     }
 }
 
+/// Progressing reason of a paused deployment (the autoscaler treats it as
+/// not rolling).
+pub const PAUSED: &str = "DeploymentPaused";
+/// Progressing reason (Unknown) right after a paused deployment resumed.
+pub const RESUMED: &str = "DeploymentResumed";
+/// Progressing reason once the rollout is complete: the only one under
+/// which the cluster-autoscaler scales the deployment down.
+pub const COMPLETE: &str = "NewMachineSetAvailable";
+/// Progressing reason (False) when the new MachineSet cannot be created.
+pub const SET_CREATE_ERROR: &str = "MachineSetCreateError";
+
 /// Everything the conditions are computed from.
 #[derive(Clone, Debug)]
 pub struct ConditionInputs<'a> {
@@ -425,7 +436,7 @@ pub fn conditions(i: &ConditionInputs<'_>) -> (Vec<MachineDeploymentCondition>, 
             condition(
                 Progressing,
                 ConditionStatus::Unknown,
-                "DeploymentPaused",
+                PAUSED,
                 "Deployment is paused".into(),
                 i.now,
             ),
@@ -436,7 +447,7 @@ pub fn conditions(i: &ConditionInputs<'_>) -> (Vec<MachineDeploymentCondition>, 
             condition(
                 Progressing,
                 ConditionStatus::True,
-                "NewMachineSetAvailable",
+                COMPLETE,
                 format!("MachineSet {set:?} has successfully progressed."),
                 i.now,
             ),
@@ -452,10 +463,7 @@ pub fn conditions(i: &ConditionInputs<'_>) -> (Vec<MachineDeploymentCondition>, 
                 i.now,
             ),
         )
-    } else if i.progressed
-        || prev.is_none()
-        || prev.is_some_and(|p| p.reason.as_deref() == Some("DeploymentPaused"))
-    {
+    } else if i.progressed {
         // Progress moves lastUpdateTime even when nothing else changes: the
         // deadline counts from the last progress.
         let mut c = condition(
@@ -469,6 +477,35 @@ pub fn conditions(i: &ConditionInputs<'_>) -> (Vec<MachineDeploymentCondition>, 
             c.last_transition_time = p.last_transition_time.clone();
         }
         c
+    } else if prev.is_some_and(|p| p.reason.as_deref() == Some(PAUSED)) {
+        // As MCM does on resume, so that the time spent paused never counts
+        // against the deadline.
+        condition(
+            Progressing,
+            ConditionStatus::Unknown,
+            RESUMED,
+            "Deployment is resumed".into(),
+            i.now,
+        )
+    } else if prev.is_none() {
+        // First look at a rollout already under way (an adopted set, an
+        // upgrade from MCM): MCM's FoundNewMachineSet.
+        match i.new_set {
+            Some(set) => condition(
+                Progressing,
+                ConditionStatus::True,
+                "FoundNewMachineSet",
+                format!("Found new MachineSet {set:?}"),
+                i.now,
+            ),
+            None => condition(
+                Progressing,
+                ConditionStatus::True,
+                "MachineSetUpdated",
+                "Machine deployment is progressing.".into(),
+                i.now,
+            ),
+        }
     } else {
         let p = prev.cloned().unwrap_or_else(|| {
             condition(
@@ -479,8 +516,9 @@ pub fn conditions(i: &ConditionInputs<'_>) -> (Vec<MachineDeploymentCondition>, 
                 i.now,
             )
         });
+        let counting = p.status == ConditionStatus::True || p.reason.as_deref() == Some(RESUMED);
         match (i.progress_deadline_seconds, &p.last_update_time) {
-            (Some(deadline), Some(since)) if p.status == ConditionStatus::True => {
+            (Some(deadline), Some(since)) if counting => {
                 let deadline = Duration::from_secs(u64::try_from(deadline).unwrap_or_default());
                 let waited = Duration::try_from(i.now.duration_since(since.0)).unwrap_or_default();
                 if waited >= deadline {
@@ -503,8 +541,9 @@ pub fn conditions(i: &ConditionInputs<'_>) -> (Vec<MachineDeploymentCondition>, 
         }
     };
     // A fresh rollout step restarts the deadline clock.
-    if progressing.status == ConditionStatus::True
-        && progressing.reason.as_deref() != Some("NewMachineSetAvailable")
+    if (progressing.status == ConditionStatus::True
+        || progressing.reason.as_deref() == Some(RESUMED))
+        && progressing.reason.as_deref() != Some(COMPLETE)
         && recheck.is_none()
         && let Some(deadline) = i.progress_deadline_seconds
     {
@@ -821,16 +860,19 @@ mod tests {
         cs.iter().find(|c| c.type_ == t).unwrap()
     }
 
+    /// A rollout under way: one new machine of three.
+    const ROLLING: Counts = Counts {
+        replicas: 4,
+        updated: 1,
+        ready: 3,
+        available: 3,
+        desired: 4,
+    };
+
     #[test]
     fn conditions_follow_kubernetes_deployments() {
         use MachineDeploymentConditionType::*;
-        let rolling = Counts {
-            replicas: 4,
-            updated: 1,
-            ready: 3,
-            available: 3,
-            desired: 4,
-        };
+        let rolling = ROLLING;
         let mut i = inputs(&[], rolling, 0);
         i.created_new_set = true;
         let (cs, recheck) = conditions(&i);
@@ -891,6 +933,46 @@ mod tests {
             90,
         ));
         assert_eq!(find(&cs, Available).status, ConditionStatus::False);
+    }
+
+    #[test]
+    fn resumed_and_found_sets_use_mcm_reasons() {
+        use MachineDeploymentConditionType::*;
+        let rolling = ROLLING;
+        // A rollout found under way: FoundNewMachineSet, deadline running.
+        let (found, recheck) = conditions(&inputs(&[], rolling, 0));
+        let p = find(&found, Progressing);
+        assert_eq!(
+            (p.status, p.reason.as_deref()),
+            (ConditionStatus::True, Some("FoundNewMachineSet"))
+        );
+        assert_eq!(recheck, Some(Duration::from_secs(60)));
+
+        let mut i = inputs(&found, rolling, 10);
+        i.paused = true;
+        let (paused, _) = conditions(&i);
+        assert_eq!(find(&paused, Progressing).reason.as_deref(), Some(PAUSED));
+        // Resumed without progress yet: Unknown/DeploymentResumed, and the
+        // deadline counts from the resume.
+        let (resumed, recheck) = conditions(&inputs(&paused, rolling, 500));
+        let p = find(&resumed, Progressing);
+        assert_eq!(
+            (p.status, p.reason.as_deref()),
+            (ConditionStatus::Unknown, Some(RESUMED))
+        );
+        assert_eq!(recheck, Some(Duration::from_secs(60)));
+        let (stuck, _) = conditions(&inputs(&resumed, rolling, 561));
+        assert_eq!(
+            find(&stuck, Progressing).reason.as_deref(),
+            Some("ProgressDeadlineExceeded")
+        );
+        let mut i = inputs(&resumed, rolling, 520);
+        i.progressed = true;
+        let (moving, _) = conditions(&i);
+        assert_eq!(
+            find(&moving, Progressing).reason.as_deref(),
+            Some("MachineSetUpdated")
+        );
     }
 
     #[test]
