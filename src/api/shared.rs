@@ -129,9 +129,10 @@ pub struct MachineConfiguration {
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub machine_preserve_timeout: Option<Duration>,
 
-    /// MCM: when true, the health timeout is ignored and an unhealthy machine
-    /// is never marked Failed (meant for in-place updates). Accepted for
-    /// compatibility with MCM manifests; this operator ignores this field.
+    /// When true, the health timeout is ignored: an unhealthy machine stays
+    /// `Unknown` and is never marked Failed and replaced for it (MCM's setting
+    /// for in-place update pools). The creation timeout still applies, and a
+    /// machine whose instance EC2 terminated still fails. Default: false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disable_health_timeout: Option<bool>,
 

@@ -2,7 +2,7 @@
 //! at startup.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
@@ -14,8 +14,10 @@ use tokio::sync::Notify;
 
 use super::config::ControllerConfig;
 use super::error::{Error, Result};
+use super::fleet::replacement::FailureGate;
 use super::machine::drain::Drainer;
 use crate::api::machine::Machine;
+use crate::api::machine_set::MachineSet;
 use crate::aws::clients::Ec2Clients;
 use crate::aws::images::ImageCache;
 use crate::aws::instances::InstanceView;
@@ -43,6 +45,12 @@ pub struct Context {
     pub nodes: Store<Node>,
     /// Machines, kept by the machine controller's reflector.
     pub machines: Store<Machine>,
+    /// MachineSets, kept by the MachineSet controller's reflector; set once
+    /// that controller is built (after this Context). A machine finds its
+    /// deployment through it.
+    pub sets: OnceLock<Store<MachineSet>>,
+    /// One Failed-for-health decision at a time per deployment.
+    pub replacements: FailureGate,
     /// Cordons and drains nodes of the target cluster.
     pub drainer: Drainer,
     /// Wakes the orphan collector (after a machine is deleted).
@@ -83,6 +91,8 @@ impl Context {
             instances: InstanceView::default(),
             nodes,
             machines,
+            sets: OnceLock::new(),
+            replacements: FailureGate::default(),
             orphan_wakeup: Notify::new(),
             backoffs: Mutex::new(HashMap::new()),
             creation_holds: Mutex::new(HashMap::new()),

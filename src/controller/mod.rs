@@ -156,6 +156,8 @@ pub async fn run(
         ctx.clone(),
         metrics.instrument("machineset", fleet::machine_set::reconcile),
     );
+    // The machine reconciler finds a machine's deployment through the sets.
+    let _ = ctx.sets.set(set_store.clone());
     let deployments = fleet::machine_deployment::controller(
         &client,
         ns.as_deref(),

@@ -9,11 +9,14 @@
 //! - [`drift`]: does a machine still match its MachineClass (the effective
 //!   spec hash, the `Drifted` condition);
 //! - [`autoscaler`]: cluster-autoscaler's protocol (the trigger-deletion
-//!   annotation, scale-down protection of Nodes during rollouts; pure).
+//!   annotation, scale-down protection of Nodes during rollouts; pure);
+//! - [`replacement`]: at most one machine of a deployment is failed for
+//!   health (and replaced) at a time.
 
 pub mod autoscaler;
 pub mod census;
 pub mod drift;
 pub mod machine_deployment;
 pub mod machine_set;
+pub mod replacement;
 pub mod rollout;

@@ -27,6 +27,7 @@ use crate::controller::context::{Context, MANAGER};
 use crate::controller::error::Result;
 use crate::controller::events::publish;
 use crate::controller::fleet::drift::CONDITION_DRIFTED;
+use crate::controller::fleet::replacement;
 
 /// The target-cluster Node of an instance: matched on the instance ID in its
 /// providerID (the kubelet writes the zone there, we write the region) or on
@@ -114,7 +115,8 @@ pub(super) fn instance_health(i: Option<&InstanceInfo>) -> InstanceHealth {
     }
 }
 
-/// Timeouts in force: the Machine's own, else the flags.
+/// Timeouts in force: the Machine's own, else the flags; no health timeout
+/// with `disableHealthTimeout: true`.
 pub(super) fn timeouts(m: &Machine, ctx: &Context) -> Timeouts {
     let pick = |own: Option<&kube::core::Duration>, default: Duration| {
         own.filter(|d| !d.is_negative())
@@ -126,10 +128,12 @@ pub(super) fn timeouts(m: &Machine, ctx: &Context) -> Timeouts {
             m.spec.configuration.creation_timeout.as_ref(),
             ctx.config.creation_timeout,
         ),
-        health: pick(
-            m.spec.configuration.health_timeout.as_ref(),
-            ctx.config.health_timeout,
-        ),
+        health: (m.spec.configuration.disable_health_timeout != Some(true)).then(|| {
+            pick(
+                m.spec.configuration.health_timeout.as_ref(),
+                ctx.config.health_timeout,
+            )
+        }),
     }
 }
 
@@ -181,6 +185,7 @@ pub(super) async fn observe(
         timeouts(m, ctx),
         Timestamp::now(),
     );
+    let (decision, failure_permit) = replacement::gate(ctx, m, decision).await;
     let old = m.status.clone().unwrap_or_default();
     let changed_phase = current.map(|c| c.0) != Some(decision.phase);
     let mut status = old.clone();
@@ -230,6 +235,9 @@ pub(super) async fn observe(
     status.conditions = merged_conditions(&old.conditions, node.as_deref(), None, drift);
     status.observed_generation = m.metadata.generation;
     write_status(m, ctx, &old, status).await?;
+    if let Some(permit) = failure_permit {
+        permit.marked();
+    }
     let was_drifted = old
         .condition(CONDITION_DRIFTED)
         .is_some_and(|c| c.status == "True");

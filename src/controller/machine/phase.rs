@@ -11,6 +11,12 @@
 //!
 //! Timestamps move only on transitions, so the computed status is stable from
 //! one reconcile to the next and never retriggers the controller by itself.
+//!
+//! `disableHealthTimeout` (MCM, for in-place update pools) keeps an unhealthy
+//! machine Unknown for good. Whether a machine whose health timeout ran out
+//! may actually become Failed now is not decided here: at most one machine
+//! of a deployment is replaced at a time (see
+//! [`crate::controller::fleet::replacement`]).
 
 use std::time::Duration;
 
@@ -44,7 +50,8 @@ pub enum NodeHealth {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
     pub creation: Duration,
-    pub health: Duration,
+    /// `None`: the machine's `disableHealthTimeout` is true.
+    pub health: Option<Duration>,
 }
 
 /// The phase a machine should be in, why, and when to look again.
@@ -60,6 +67,10 @@ pub struct PhaseDecision {
     pub description: String,
     /// Re-check no later than this, e.g. when a timeout would expire.
     pub recheck_after: Option<Duration>,
+    /// Failed because the health timeout ran out: the one transition that
+    /// is limited per deployment (the instance still exists and may just be
+    /// cut off).
+    pub health_timeout: bool,
 }
 
 /// Decides the next phase of a machine whose instance exists.
@@ -87,6 +98,7 @@ pub fn decide(
             timeout_active: matches!(p, MachinePhase::Pending | MachinePhase::Unknown),
             description,
             recheck_after,
+            health_timeout: false,
         };
 
     // Failed is terminal: the owning MachineSet replaces the machine.
@@ -97,6 +109,7 @@ pub fn decide(
             timeout_active: false,
             description: String::new(),
             recheck_after: None,
+            health_timeout: false,
         };
     }
     let never_ran = matches!(
@@ -153,21 +166,30 @@ pub fn decide(
                 now
             };
             let waited = elapsed(unknown_since);
-            if waited >= timeouts.health {
-                decision(
-                    MachinePhase::Failed,
-                    format!(
-                        "Machine stayed unhealthy longer than the health timeout of {}: {problem}",
-                        human(timeouts.health)
-                    ),
-                    None,
-                )
-            } else {
-                decision(
+            match timeouts.health {
+                Some(limit) if waited >= limit => PhaseDecision {
+                    health_timeout: true,
+                    ..decision(
+                        MachinePhase::Failed,
+                        format!(
+                            "Machine stayed unhealthy longer than the health timeout of {}: {problem}",
+                            human(limit)
+                        ),
+                        None,
+                    )
+                },
+                Some(limit) => decision(
                     MachinePhase::Unknown,
                     format!("Machine is unhealthy: {problem}"),
-                    Some(timeouts.health - waited),
-                )
+                    Some(limit - waited),
+                ),
+                None => decision(
+                    MachinePhase::Unknown,
+                    format!(
+                        "Machine is unhealthy (disableHealthTimeout: never marked Failed for it): {problem}"
+                    ),
+                    None,
+                ),
             }
         }
     }
@@ -192,7 +214,7 @@ mod tests {
 
     const T: Timeouts = Timeouts {
         creation: Duration::from_secs(20 * 60),
-        health: Duration::from_secs(10 * 60),
+        health: Some(Duration::from_secs(10 * 60)),
     };
 
     fn at(mins: i64) -> Timestamp {
@@ -269,7 +291,8 @@ mod tests {
             at(30),
         );
         assert_eq!((d.phase, d.since), (Unknown, at(30)));
-        assert_eq!(d.recheck_after, Some(T.health));
+        assert_eq!(d.recheck_after, T.health);
+        assert!(!d.health_timeout);
         let d = decide(
             Some((Unknown, at(30))),
             at(0),
@@ -288,6 +311,46 @@ mod tests {
             at(40),
         );
         assert_eq!(d.phase, Failed);
+        assert!(d.health_timeout, "the limited transition");
+    }
+
+    #[test]
+    fn disabled_health_timeout_keeps_the_machine_unknown() {
+        let disabled = Timeouts { health: None, ..T };
+        let d = decide(
+            Some((Unknown, at(30))),
+            at(0),
+            &InstanceHealth::Up,
+            &unhealthy(),
+            disabled,
+            at(30 + 24 * 60),
+        );
+        assert_eq!((d.phase, d.since, d.recheck_after), (Unknown, at(30), None));
+        assert!(
+            d.description.contains("disableHealthTimeout"),
+            "{}",
+            d.description
+        );
+        // The creation timeout still holds, and so does a vanished instance.
+        let pending = decide(
+            None,
+            at(0),
+            &InstanceHealth::Up,
+            &NodeHealth::Missing,
+            disabled,
+            at(20),
+        );
+        assert_eq!(pending.phase, Failed);
+        assert!(!pending.health_timeout, "not limited per deployment");
+        let gone = decide(
+            Some((Unknown, at(30))),
+            at(0),
+            &InstanceHealth::Gone("terminated".into()),
+            &unhealthy(),
+            disabled,
+            at(31),
+        );
+        assert_eq!(gone.phase, Failed);
     }
 
     #[test]
