@@ -46,13 +46,9 @@ async fn invalid_class_is_reported_and_fixing_it_recovers() {
             .contains("providerSpec.tags"),
         "{cond:?}"
     );
-    let events = s.events_of("m1").await;
-    assert!(
-        events
-            .iter()
-            .any(|e| e.starts_with("Warning InvalidConfiguration")),
-        "{events:?}"
-    );
+    // The Event follows the status write: waited for, not read once.
+    s.wait_event("m1", "Warning InvalidConfiguration", "providerSpec.tags")
+        .await;
     assert!(
         s.live_instances().await.is_empty(),
         "nothing launched for an invalid class"
