@@ -223,13 +223,20 @@ async fn capacity_errors_are_reported_and_retried() {
         Some("ResourceExhausted")
     );
     assert_eq!(m.phase(), Some(MachinePhase::CrashLoopBackOff));
-    let events = s.events_of("cap").await;
-    assert!(
-        events
-            .iter()
-            .any(|e| e.starts_with("Warning") && e.contains("InsufficientInstanceCapacity")),
-        "{events:?}"
-    );
+    // The Event follows the status write: wait for it, do not read once.
+    eventually_or(
+        "the Warning Event about the capacity error",
+        MINUTE,
+        || async {
+            let events = s.events_of("cap").await;
+            events
+                .iter()
+                .any(|e| e.starts_with("Warning") && e.contains("InsufficientInstanceCapacity"))
+                .then_some(())
+        },
+        || s.op.log(),
+    )
+    .await;
     assert!(s.live_instances().await.is_empty());
     // No instance, no retry storm: resource exhaustion waits minutes.
     let runs = proxy.calls().get("RunInstances").copied().unwrap_or(0);
