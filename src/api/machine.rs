@@ -91,8 +91,12 @@ pub struct MachineSpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MachineStatus {
-    /// Addresses of the instance. MCM only fills this when it runs without a
-    /// target cluster; clients should prefer the Node's `status.addresses`.
+    /// Addresses of the instance, as EC2 reports them and in the shape of a
+    /// Node's `status.addresses`: `InternalIP`, `ExternalIP` (with a public
+    /// IP), `InternalDNS` and `Hostname` (the private DNS name, which names
+    /// the Node), `ExternalDNS`. MCM fills this field only when it runs
+    /// without a target cluster; this operator always does, so that an
+    /// instance whose Node never joined can still be reached.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<NodeAddress>,
 

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::{Filter, Instance};
+use k8s_openapi::api::core::v1::NodeAddress;
 
 use super::clients::{ClientKey, Ec2Handle};
 use super::errors::{Ec2Error, ErrorClass};
@@ -58,13 +59,46 @@ pub struct InstanceInfo {
     pub state_reason: Option<String>,
     pub instance_type: Option<String>,
     pub private_dns_name: Option<String>,
+    /// Private and public IPv4 address and public DNS name, when EC2 shows them.
+    pub addresses: InstanceAddresses,
     pub availability_zone: Option<String>,
     pub tags: BTreeMap<String, String>,
     /// Source/destination check and IPv6 prefixes, as EC2 reports them.
     pub post_launch: PostLaunchState,
 }
 
+/// Addresses of an instance besides its private DNS name.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InstanceAddresses {
+    pub private_ip: Option<String>,
+    pub public_ip: Option<String>,
+    pub public_dns_name: Option<String>,
+}
+
 impl InstanceInfo {
+    /// The instance's addresses in the shape and order of a Node's
+    /// `status.addresses` as cloud-provider-aws reports them: `InternalIP`,
+    /// `ExternalIP`, `InternalDNS`, `Hostname` (the private DNS name, which
+    /// is the Node's name), `ExternalDNS`.
+    pub fn node_addresses(&self) -> Vec<NodeAddress> {
+        let address = |type_: &str, value: &Option<String>| {
+            value.as_ref().map(|a| NodeAddress {
+                type_: type_.to_string(),
+                address: a.clone(),
+            })
+        };
+        [
+            address("InternalIP", &self.addresses.private_ip),
+            address("ExternalIP", &self.addresses.public_ip),
+            address("InternalDNS", &self.private_dns_name),
+            address("Hostname", &self.private_dns_name),
+            address("ExternalDNS", &self.addresses.public_dns_name),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
     pub fn machine_uid(&self) -> Option<&str> {
         self.tags.get(MACHINE_UID_TAG).map(String::as_str)
     }
@@ -96,10 +130,12 @@ impl From<&Instance> for InstanceInfo {
             state,
             state_reason,
             instance_type: i.instance_type().map(|t| t.as_str().to_string()),
-            private_dns_name: i
-                .private_dns_name()
-                .filter(|s| !s.is_empty())
-                .map(str::to_string),
+            private_dns_name: non_empty(i.private_dns_name()),
+            addresses: InstanceAddresses {
+                private_ip: non_empty(i.private_ip_address()),
+                public_ip: non_empty(i.public_ip_address()),
+                public_dns_name: non_empty(i.public_dns_name()),
+            },
             availability_zone: i
                 .placement()
                 .and_then(|p| p.availability_zone())
@@ -117,6 +153,10 @@ impl From<&Instance> for InstanceInfo {
                 .collect(),
         }
     }
+}
+
+fn non_empty(s: Option<&str>) -> Option<String> {
+    s.filter(|s| !s.is_empty()).map(str::to_string)
 }
 
 /// Instance ID from a providerID `aws:///<region-or-zone>/<instance-id>`.
@@ -266,6 +306,55 @@ impl InstanceView {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_addresses_follow_cloud_provider_aws() {
+        let i = InstanceInfo::from(
+            &Instance::builder()
+                .instance_id("i-1")
+                .private_ip_address("10.1.2.3")
+                .private_dns_name("ip-10-1-2-3.eu-west-1.compute.internal")
+                .public_dns_name("")
+                .build(),
+        );
+        let got: Vec<(String, String)> = i
+            .node_addresses()
+            .into_iter()
+            .map(|a| (a.type_, a.address))
+            .collect();
+        let dns = "ip-10-1-2-3.eu-west-1.compute.internal".to_string();
+        assert_eq!(
+            got,
+            [
+                ("InternalIP".into(), "10.1.2.3".into()),
+                ("InternalDNS".into(), dns.clone()),
+                ("Hostname".into(), dns),
+            ]
+        );
+        let public = InstanceInfo {
+            addresses: InstanceAddresses {
+                public_ip: Some("34.1.1.1".into()),
+                public_dns_name: Some("ec2-34-1-1-1.compute.amazonaws.com".into()),
+                ..i.addresses.clone()
+            },
+            ..i
+        };
+        let types: Vec<String> = public
+            .node_addresses()
+            .into_iter()
+            .map(|a| a.type_)
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "InternalIP",
+                "ExternalIP",
+                "InternalDNS",
+                "Hostname",
+                "ExternalDNS"
+            ]
+        );
+    }
 
     #[test]
     fn instance_id_comes_from_region_or_zone_provider_ids() {

@@ -233,6 +233,7 @@ mod tests {
             state_reason: None,
             instance_type: None,
             private_dns_name: None,
+            addresses: Default::default(),
             availability_zone: None,
             tags: tags
                 .iter()

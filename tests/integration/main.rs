@@ -5,6 +5,7 @@
 
 mod support;
 
+mod addresses;
 mod autoscaler;
 mod bench;
 mod blocked_drain;

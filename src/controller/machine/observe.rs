@@ -234,6 +234,13 @@ pub(super) async fn observe(
         .map(|(_, _, message)| message.clone());
     status.conditions = merged_conditions(&old.conditions, node.as_deref(), None, drift);
     status.observed_generation = m.metadata.generation;
+    // The last addresses EC2 showed stay when it shows none (terminated).
+    if let Some(addresses) = instance
+        .map(InstanceInfo::node_addresses)
+        .filter(|a| !a.is_empty())
+    {
+        status.addresses = addresses;
+    }
     write_status(m, ctx, &old, status).await?;
     if let Some(permit) = failure_permit {
         permit.marked();
