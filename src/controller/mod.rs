@@ -8,6 +8,7 @@ pub mod error;
 pub mod events;
 pub mod fleet;
 pub mod machine;
+pub mod node;
 pub mod orphans;
 pub mod ownership;
 pub mod readiness;

@@ -43,6 +43,13 @@ macro_rules! ensure {
     };
 }
 
+/// A template edit that rolls a deployment: a new machine label. (The node
+/// template and the machine configuration change in place, see
+/// `node_template::`.)
+fn rolling_edit() -> Value {
+    json!({"metadata": {"labels": {"rev": "2"}}})
+}
+
 /// What the sampler saw.
 #[derive(Debug, Default)]
 struct Samples {
@@ -304,16 +311,11 @@ async fn template_change_rolls_within_max_surge_and_max_unavailable() {
         "above replicas + maxSurge: {samples:?}"
     );
     assert_ne!(hash_of(&before[0]), hash_of(&after[0]));
-    assert!(after.iter().all(|m| {
-        m.spec
-            .node_template
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("rev"))
-            .map(String::as_str)
-            == Some("2")
-    }));
+    assert!(
+        after
+            .iter()
+            .all(|m| m.labels().get("rev").map(String::as_str) == Some("2"))
+    );
     // revisionHistoryLimit 0: the old set is gone once the rollout is done.
     eventually_or(
         "the old MachineSet to be cleaned up",
@@ -456,7 +458,7 @@ async fn paused_deployment_scales_but_rolls_only_when_resumed() {
 
     let paused = json!({
         "paused": true,
-        "template": {"spec": {"nodeTemplate": {"metadata": {"labels": {"rev": "2"}}}}},
+        "template": rolling_edit(),
     });
     apply_deployment(&s, "web", 3, paused).await;
     let three = wait_pool(&s, "web", 3, 3 * MINUTE).await;

@@ -20,6 +20,7 @@ mod health;
 mod iam;
 mod leader_election;
 mod lifecycle;
+mod node_template;
 mod observability;
 mod proxy;
 mod resilience;

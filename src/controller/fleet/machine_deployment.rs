@@ -44,6 +44,7 @@ use tracing::{debug, info, warn};
 use super::autoscaler::{self, NodeMark};
 use super::census::{self, MACHINE_PRIORITY_ANNOTATION};
 use super::drift::{self, EffectiveSpec, SPEC_HASH_ANNOTATION};
+use super::in_place;
 use super::rollout::{self, ConditionInputs, Counts, RecreateStep, SetView};
 use crate::api::machine::{Machine, NODE_LABEL};
 use crate::api::machine_class::MachineClass;
@@ -219,18 +220,30 @@ pub async fn reconcile(d: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<A
 
     // 4. Which set is the new one.
     let new_index = find_new(&sets, &d.spec.template, class_hash.as_deref());
-    if let (Some(i), Some(hash)) = (new_index, class_hash.as_deref())
-        && !sets[i].annotations().contains_key(SPEC_HASH_ANNOTATION)
-    {
-        // Baseline: the set's machines run the class as it is now.
-        let patch = json!({"metadata": {"annotations": {SPEC_HASH_ANNOTATION: hash}}});
-        sets_api
-            .patch(
-                &sets[i].name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await?;
+    if let Some(i) = new_index {
+        let mut patch = json!({});
+        if let Some(hash) = class_hash
+            .as_deref()
+            .filter(|_| !sets[i].annotations().contains_key(SPEC_HASH_ANNOTATION))
+        {
+            // Baseline: the set's machines run the class as it is now.
+            patch["metadata"] = json!({"annotations": {SPEC_HASH_ANNOTATION: hash}});
+        }
+        if let Some(spec) = in_place::patch(&sets[i].spec.template.spec, &d.spec.template.spec) {
+            // nodeTemplate and machine configuration: the set takes them
+            // over, and its machines after it; nothing rolls.
+            patch["spec"] = json!({"template": {"spec": spec}});
+            info!(deployment = %d.name_any(), set = %sets[i].name_any(), "updating the new set's node template and machine configuration in place");
+        }
+        if patch != json!({}) {
+            sets_api
+                .patch(
+                    &sets[i].name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await?;
+        }
     }
     let mut new_view: Option<SetView> = new_index.map(|i| view(&sets[i]));
     let mut old_views: Vec<SetView> = sets
@@ -641,10 +654,11 @@ fn set_view(
     }
 }
 
-/// A template without the hash label and with empty maps as absent, for
-/// comparing a set's template with the deployment's.
+/// A template without the hash label, the fields that change in place (see
+/// [`in_place`]) and with empty maps as absent, for comparing a set's
+/// template with the deployment's.
 fn template_key(template: &MachineTemplateSpec) -> MachineTemplateSpec {
-    let mut t = template.clone();
+    let mut t = in_place::without(template);
     if let Some(labels) = t.metadata.labels.as_mut() {
         labels.remove(MACHINE_TEMPLATE_HASH_LABEL);
     }
@@ -951,8 +965,19 @@ mod tests {
 
         // Another template: no match.
         let mut other = d.spec.template.clone();
-        other.spec.configuration.max_evict_retries = Some(3);
+        other
+            .metadata
+            .labels
+            .get_or_insert_default()
+            .insert("rev".into(), "2".into());
         assert_eq!(find_new(&sets, &other, Some("h1")), None);
+
+        // Node template and machine configuration change in place: the
+        // same set.
+        let mut in_place = d.spec.template.clone();
+        in_place.spec.configuration.max_evict_retries = Some(3);
+        in_place.spec.node_template.metadata.labels = Some([("a".into(), "1".into())].into());
+        assert_eq!(find_new(&sets, &in_place, Some("h1")), Some(0));
     }
 
     #[test]

@@ -33,6 +33,7 @@ use tracing::{info, warn};
 use super::autoscaler::PRIORITY_DEFAULT;
 use super::census::{self, MACHINE_PRIORITY_ANNOTATION, plan_set, slow_start_batches};
 use super::drift::REPLACE_ON_DRIFT_ANNOTATION;
+use super::in_place;
 use crate::api::machine::Machine;
 use crate::api::machine_deployment::MachineDeployment;
 use crate::api::machine_set::{MachineSet, MachineSetConditionType, MachineSetStatus};
@@ -133,6 +134,24 @@ pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action
     }) {
         ownership::release(&api, stray, &uid).await?;
         info!(set = %set.name_any(), machine = %stray.name_any(), "released machine that no longer matches the selector");
+    }
+
+    // nodeTemplate and machine configuration change in place (see
+    // [`in_place`]): no machine is replaced for them.
+    for m in owned
+        .iter()
+        .filter(|m| m.metadata.deletion_timestamp.is_none())
+    {
+        if let Some(spec) = in_place::patch(&m.spec, &set.spec.template.spec) {
+            let patch = json!({"spec": spec});
+            api.patch(
+                &m.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+            info!(set = %set.name_any(), machine = %m.name_any(), "updated the machine's node template and configuration in place");
+        }
     }
 
     let refs: Vec<&Machine> = owned.iter().collect();

@@ -12,10 +12,13 @@
 //!   annotation, scale-down protection of Nodes during rollouts; pure);
 //! - [`replacement`]: at most one machine of a deployment is failed for
 //!   health (and replaced) at a time.
+//! - [`in_place`]: the template fields that change in place (node template,
+//!   machine configuration), from deployment to set to machines.
 
 pub mod autoscaler;
 pub mod census;
 pub mod drift;
+pub mod in_place;
 pub mod machine_deployment;
 pub mod machine_set;
 pub mod replacement;

@@ -10,7 +10,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::create::{
     class_version, create, creation_timed_out, ensure_post_launch, launch_record,
@@ -32,6 +32,7 @@ use crate::controller::fleet::drift::{
     self, CLASS_TAG_KEYS_ANNOTATION, REPLACE_ON_DRIFT_ANNOTATION, Replacer, SPEC_FIELDS_ANNOTATION,
     SPEC_HASH_ANNOTATION,
 };
+use crate::controller::node::template;
 use crate::controller::ownership;
 
 pub(super) async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
@@ -68,6 +69,9 @@ pub(super) async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
                 locate(m, &handle, ctx).await,
             )
             .await?;
+            if let Some(i) = &instance {
+                tend_node(m, ctx, i).await;
+            }
             return observe(m, ctx, instance.as_ref(), &region, None, None).await;
         }
         (Err(e @ Error::Invalid(_)), None) => {
@@ -160,8 +164,24 @@ pub(super) async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
             .await?;
         }
     }
+    tend_node(m, ctx, &instance).await;
     let drift = drift_condition(m, &resolved, &recorded);
     observe(m, ctx, Some(&instance), &region, Some(drift), failed_update).await
+}
+
+/// What the machine owes its Node (see [`crate::controller::node`]): the
+/// node template applied. It may not hold up the machine's health checks:
+/// a failure is logged and retried next pass.
+async fn tend_node(m: &Machine, ctx: &Context, instance: &InstanceInfo) {
+    if let Some(node) = node_for(ctx, m, instance) {
+        match template::sync(ctx, m, &node).await {
+            Ok(()) => {}
+            Err(e) if e.is_waiting() => debug!(machine = %m.name_any(), %e, "node template"),
+            Err(e) => {
+                warn!(machine = %m.name_any(), error = %e, "could not apply the node template")
+            }
+        }
+    }
 }
 
 /// Where the Machine's instance lives, when a launch was ever attempted: the

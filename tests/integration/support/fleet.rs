@@ -47,11 +47,12 @@ pub async fn apply_deployment(s: &Scenario, name: &str, replicas: i32, extra: Va
     apply(&deployments(s), name, &d).await;
 }
 
-/// `spec` with a template change that rolls every machine: node label
-/// `rev: <rev>`.
+/// `spec` with a template change that rolls every machine: machine label
+/// `rev: <rev>` (node template and machine configuration edits change
+/// machines in place instead, see `node_template::`).
 pub fn revised(spec: &Value, rev: &str) -> Value {
     let mut edited = spec.clone();
-    edited["template"] = json!({"spec": {"nodeTemplate": {"metadata": {"labels": {"rev": rev}}}}});
+    edited["template"] = json!({"metadata": {"labels": {"rev": rev}}});
     edited
 }
 
