@@ -79,6 +79,17 @@ struct Cli {
     )]
     node_conditions: Vec<String>,
 
+    /// Groups for the `auth-extra-groups` of the bootstrap tokens made for
+    /// user data with `<<BOOTSTRAP_TOKEN>>` (comma-separated, each
+    /// `system:bootstrappers:...`; MCM's flag and default: none).
+    #[arg(
+        long,
+        env = "MCM_BOOTSTRAP_TOKEN_AUTH_EXTRA_GROUPS",
+        value_delimiter = ',',
+        value_parser = bootstrap_group
+    )]
+    bootstrap_token_auth_extra_groups: Vec<String>,
+
     /// How often running machines re-read their instance from the shared EC2 view.
     #[arg(long, env = "MCM_INSTANCE_SYNC_PERIOD", default_value = "30s", value_parser = duration)]
     instance_sync_period: Duration,
@@ -158,6 +169,35 @@ struct Cli {
     /// --allow-operator-credentials; empty: no such role.
     #[arg(long, env = "MCM_ASSUME_ROLE_ARN_PATTERNS", value_delimiter = ',', value_parser = arn_pattern)]
     assume_role_arn_patterns: Vec<String>,
+}
+
+/// A group the API server's bootstrap token authenticator accepts
+/// (`system:bootstrappers:[a-z0-9:-]{0,255}[a-z0-9]`); it rejects a token
+/// with any other, so a typo would stop every Node from joining.
+/// Empty stands for none (the chart passes `--...-groups=` by default).
+fn bootstrap_group(s: &str) -> Result<String, String> {
+    const PREFIX: &str = "system:bootstrappers:";
+    if s.is_empty() {
+        return Ok(String::new());
+    }
+    let rest = s.strip_prefix(PREFIX).unwrap_or_default();
+    let valid = s.starts_with(PREFIX)
+        && !rest.is_empty()
+        && rest.len() <= 256
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b':' || b == b'-')
+        && rest
+            .bytes()
+            .last()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if valid {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a bootstrap group: system:bootstrappers: followed by [a-z0-9:-], ending in [a-z0-9]"
+        ))
+    }
 }
 
 /// A listen address, or `None` when disabled.
@@ -325,6 +365,11 @@ async fn reconcile(
         instance_sync_period: cli.instance_sync_period,
         orphan_collection_interval: cli.orphan_collection_interval,
         concurrency: cli.concurrency,
+        bootstrap_token_auth_extra_groups: cli
+            .bootstrap_token_auth_extra_groups
+            .into_iter()
+            .filter(|g| !g.is_empty())
+            .collect(),
         ..ControllerConfig::default()
     };
     let reporter = Reporter {
@@ -436,6 +481,7 @@ mod tests {
             "the operator's identity is opt-in"
         );
         assert!(cli.assume_role_arn_patterns.is_empty());
+        assert!(cli.bootstrap_token_auth_extra_groups.is_empty());
     }
 
     #[test]
@@ -462,6 +508,39 @@ mod tests {
                 .is_err(),
             "a pattern must be an ARN"
         );
+    }
+
+    #[test]
+    fn bootstrap_groups_must_be_bootstrappers() {
+        let cli = Cli::parse_from([
+            "machine-controller",
+            "--bootstrap-token-auth-extra-groups=system:bootstrappers:a,system:bootstrappers:b-1",
+        ]);
+        assert_eq!(
+            cli.bootstrap_token_auth_extra_groups,
+            ["system:bootstrappers:a", "system:bootstrappers:b-1"]
+        );
+        let none = Cli::parse_from(["machine-controller", "--bootstrap-token-auth-extra-groups="]);
+        assert!(
+            none.bootstrap_token_auth_extra_groups
+                .iter()
+                .all(String::is_empty)
+        );
+        for bad in [
+            "system:masters",
+            "system:bootstrappers:",
+            "system:bootstrappers:Workers",
+            "system:bootstrappers:a-",
+        ] {
+            assert!(
+                Cli::try_parse_from([
+                    "machine-controller",
+                    &format!("--bootstrap-token-auth-extra-groups={bad}"),
+                ])
+                .is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

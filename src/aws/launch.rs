@@ -40,18 +40,19 @@ use crate::api::provider_spec::{
     AWSBlockDeviceMappingSpec, AWSNetworkInterfaceSpec, AWSPlacementSpec, AWSProviderSpec,
     MarketType, ROOT_DEVICE_NAME,
 };
+use crate::aws::credentials::SecretString;
 use crate::aws::tags;
+use crate::aws::user_data::{self, Substitutions};
+
+pub use crate::aws::user_data::MACHINE_NAME_PLACEHOLDER;
 
 /// Annotation (on the Machine's `nodeTemplate`) through which MCM users pass an
 /// EC2 placement as JSON, e.g. `{"availabilityZone":"eu-west-1a","tenancy":"host"}`.
 pub const PLACEMENT_ANNOTATION: &str = "machine.sapcloud.io/awsPlacement";
 
-/// Placeholder in the user data that is replaced by the Machine's name, as
-/// MCM does, so that one bootstrap script can serve every machine of a class.
-pub const MACHINE_NAME_PLACEHOLDER: &str = "<<MACHINE_NAME>>";
-
-/// EC2 rejects user data above 16 KiB (counted before base64 encoding);
-/// checking it here turns a launch-time API error into a clear input error.
+/// EC2 rejects user data above 16 KiB (counted before base64 encoding, after
+/// the placeholders are replaced); checking it here turns a launch-time API
+/// error into a clear input error.
 pub const MAX_USER_DATA_BYTES: usize = 16 * 1024;
 
 /// Everything a launch needs besides the client: who the instance is for and
@@ -61,6 +62,10 @@ pub struct LaunchContext<'a> {
     /// Name of the Machine; becomes the `Name` tag and replaces
     /// [`MACHINE_NAME_PLACEHOLDER`] in the user data.
     pub machine_name: &'a str,
+    /// The machine's bootstrap token, replacing
+    /// [`user_data::BOOTSTRAP_TOKEN_PLACEHOLDER`] in the user data (`None`:
+    /// the user data asks for none). Its `Debug` never shows it.
+    pub bootstrap_token: Option<&'a SecretString>,
     /// Namespace of the Machine, for the [`tags::MACHINE_NAME_TAG`] tag.
     pub machine_namespace: &'a str,
     /// UID of the Machine: the [`tags::MACHINE_UID_TAG`] tag, which (with the
@@ -172,7 +177,13 @@ pub fn build_run_instances(
     let spec = ctx.spec;
     let user_data = ctx
         .user_data
-        .map(|data| encode_user_data(data, ctx.machine_name))
+        .map(|data| {
+            let with = Substitutions {
+                machine_name: ctx.machine_name,
+                bootstrap_token: ctx.bootstrap_token,
+            };
+            encode_user_data(data, &with)
+        })
         .transpose()?
         .filter(|encoded| !encoded.is_empty());
     let placement = match spec.placement.as_ref().and_then(spec_placement) {
@@ -208,37 +219,16 @@ pub fn build_run_instances(
         })))
 }
 
-/// Base64 of the user data with every [`MACHINE_NAME_PLACEHOLDER`] replaced by
-/// `machine_name`. Works on bytes, so user data that is not UTF-8 (e.g.
-/// gzip) passes through untouched unless it contains the placeholder.
-pub fn encode_user_data(data: &[u8], machine_name: &str) -> Result<String, LaunchError> {
-    let replaced = replace_bytes(
-        data,
-        MACHINE_NAME_PLACEHOLDER.as_bytes(),
-        machine_name.as_bytes(),
-    );
+/// Base64 of the user data with its placeholders replaced (see
+/// [`user_data`]), checked against EC2's size limit after the replacement.
+pub fn encode_user_data(data: &[u8], with: &Substitutions<'_>) -> Result<String, LaunchError> {
+    let replaced = user_data::substitute(data, with);
     if replaced.len() > MAX_USER_DATA_BYTES {
         return Err(LaunchError::UserDataTooLarge {
             size: replaced.len(),
         });
     }
     Ok(BASE64.encode(replaced))
-}
-
-fn replace_bytes(haystack: &[u8], needle: &[u8], replacement: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(haystack.len());
-    let mut rest = haystack;
-    while !needle.is_empty() && rest.len() >= needle.len() {
-        if rest.starts_with(needle) {
-            out.extend_from_slice(replacement);
-            rest = &rest[needle.len()..];
-        } else if let Some((&first, tail)) = rest.split_first() {
-            out.push(first);
-            rest = tail;
-        }
-    }
-    out.extend_from_slice(rest);
-    out
 }
 
 /// `Some(value)` unless it is absent or empty: MCM treats an empty string as
@@ -911,6 +901,7 @@ mod tests {
     fn ctx(spec: &AWSProviderSpec) -> LaunchContext<'_> {
         LaunchContext {
             machine_name: "worker-a",
+            bootstrap_token: None,
             machine_namespace: "shoot--x",
             machine_uid: UID,
             client_token: UID,
@@ -1200,6 +1191,36 @@ mod tests {
         c.user_data = Some(&big);
         let err = try_build(&c).expect_err("too large");
         assert!(err.to_string().contains("userData"));
+    }
+
+    #[test]
+    fn user_data_carries_the_bootstrap_token_and_is_measured_after_substitution() {
+        let spec = minimal();
+        let mut c = ctx(&spec);
+        let token = SecretString::new("abc123.0123456789abcdef");
+        c.bootstrap_token = Some(&token);
+        let raw = b"kubeadm join --token <<BOOTSTRAP_TOKEN>> --node-name <<MACHINE_NAME>>";
+        c.user_data = Some(raw);
+        let decoded = BASE64
+            .decode(build(&c).user_data().expect("user data"))
+            .expect("base64");
+        assert_eq!(
+            decoded,
+            b"kubeadm join --token abc123.0123456789abcdef --node-name worker-a"
+        );
+
+        // 16 KiB before substitution, more after: rejected.
+        let placeholder = b"<<BOOTSTRAP_TOKEN>>";
+        let mut fits_raw = vec![b'x'; MAX_USER_DATA_BYTES - placeholder.len()];
+        fits_raw.extend_from_slice(placeholder);
+        assert_eq!(fits_raw.len(), MAX_USER_DATA_BYTES);
+        c.user_data = Some(&fits_raw);
+        let err = try_build(&c).expect_err("too large once the token is in");
+        assert!(
+            err.to_string()
+                .contains(&format!("{} bytes", MAX_USER_DATA_BYTES + 4)),
+            "{err}"
+        );
     }
 
     #[test]

@@ -12,3 +12,4 @@ pub mod instances;
 pub mod launch;
 pub mod rate_limit;
 pub mod tags;
+pub mod user_data;

@@ -40,6 +40,9 @@ pub struct ControllerConfig {
     /// Which identities a MachineClass may make the operator act as
     /// (default: only credentials the class brings).
     pub credentials: CredentialPolicy,
+    /// Groups written to bootstrap tokens' `auth-extra-groups` (MCM's
+    /// `--bootstrap-token-auth-extra-groups`; default none).
+    pub bootstrap_token_auth_extra_groups: Vec<String>,
 }
 
 impl Default for ControllerConfig {
@@ -59,6 +62,7 @@ impl Default for ControllerConfig {
             orphan_collection_interval: Duration::from_secs(15 * 60),
             concurrency: 16,
             credentials: CredentialPolicy::default(),
+            bootstrap_token_auth_extra_groups: Vec::new(),
         }
     }
 }

@@ -288,12 +288,27 @@ fn rbac_has_no_wildcards_and_every_rule_says_why() {
                 assert!(!verbs.contains(&json!(forbidden)), "{role}: {rule}");
             }
         }
-        // Secrets are never listed or watched: only the ones classes name.
-        let secrets = rules
+        // Secrets are never listed or watched: only the ones classes name,
+        // and in kube-system the bootstrap tokens of the machines.
+        let secrets: Vec<&(String, Value)> = rules
             .iter()
-            .find(|(_, r)| r["resources"] == json!(["secrets"]))
-            .expect("a Secrets rule");
-        assert_eq!(secrets.1["verbs"], json!(["get", "patch"]));
+            .filter(|(_, r)| r["resources"] == json!(["secrets"]))
+            .collect();
+        assert_eq!(secrets.len(), 2, "{secrets:?}");
+        assert_eq!(secrets[0].1["verbs"], json!(["get", "patch"]));
+        assert!(secrets[1].0.ends_with("-bootstrap-tokens"), "{secrets:?}");
+        assert_eq!(
+            secrets[1].1["verbs"],
+            json!(["get", "create", "patch", "delete"])
+        );
+        let token_role = docs
+            .iter()
+            .find(|d| d["metadata"]["name"] == json!(secrets[1].0))
+            .unwrap();
+        assert_eq!(
+            (&token_role["kind"], &token_role["metadata"]["namespace"]),
+            (&json!("Role"), &json!("kube-system"))
+        );
     }
     // Each rule in the template source is preceded by a comment saying why.
     let source = std::fs::read_to_string(Path::new(CHART).join("templates/rbac.yaml")).unwrap();
@@ -328,6 +343,10 @@ fn namespaced_install_uses_roles_and_more_replicas_force_leader_election() {
     );
     assert!(
         names.contains(&("t-mcm-provider-aws-leader-election", "ops")),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&("t-mcm-provider-aws-bootstrap-tokens", "kube-system")),
         "{names:?}"
     );
     // Only the node rights stay cluster-wide.
@@ -379,11 +398,16 @@ fn optional_pieces_render_when_asked_for() {
     assert_eq!(c["volumeMounts"][0]["mountPath"], "/etc/mcm/target");
     let volumes = &deployment(&docs)["spec"]["template"]["spec"]["volumes"];
     assert_eq!(volumes[0]["secret"]["secretName"], "shoot-kubeconfig");
-    // Nodes live elsewhere: no node rights in this cluster.
+    // Nodes live elsewhere: no node or bootstrap token rights in this cluster.
     assert!(
         of_kind(&docs, "ClusterRole")
             .iter()
             .all(|r| !r["metadata"]["name"].as_str().unwrap().ends_with("-nodes"))
+    );
+    assert!(
+        of_kind(&docs, "Role")
+            .iter()
+            .all(|r| r["metadata"]["namespace"] != "kube-system")
     );
     let env = c["env"].as_array().unwrap();
     let value = |name: &str| {
@@ -529,6 +553,13 @@ async fn helm_installs_upgrades_and_uninstalls_on_a_real_api_server() {
         "role",
         &format!("{full}-leader-election")
     ]));
+    for kind in ["role", "rolebinding"] {
+        let name = format!("{full}-bootstrap-tokens");
+        assert!(
+            exists(&["-n", "kube-system", kind, &name]),
+            "{kind} kube-system/{name} missing"
+        );
+    }
 
     // Upgrade: two replicas (leader election forced on), one namespace,
     // debug logs, a PodDisruptionBudget.
@@ -606,6 +637,8 @@ async fn helm_installs_upgrades_and_uninstalls_on_a_real_api_server() {
     ] {
         assert!(!exists(&[kind, &name]), "{kind} {name} left");
     }
+    let token_role = format!("{full}-bootstrap-tokens");
+    assert!(!exists(&["-n", "kube-system", "role", &token_role]));
     for crd in mcm_provider_aws::api::crd::all() {
         assert!(
             exists(&["crd", crd.metadata.name.as_deref().unwrap()]),

@@ -9,6 +9,7 @@ mod addresses;
 mod autoscaler;
 mod bench;
 mod blocked_drain;
+mod bootstrap_token;
 mod chart;
 mod configuration;
 mod consistency;

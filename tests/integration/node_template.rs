@@ -18,9 +18,11 @@ use mcm_provider_aws::api::shared::MachinePhase;
 use mcm_provider_aws::controller::node::template::LAST_APPLIED_ANNOTATION;
 use serde_json::{Value, json};
 
-use crate::support::scenario::{CLASS, Scenario, fleet_json, wait_pool};
+use crate::support::fleet::{apply, merge_patch};
+use crate::support::fleet::{fleet_json, wait_pool};
+use crate::support::scenario::{CLASS, Scenario};
+use crate::support::target_env;
 use crate::support::wait::eventually_or;
-use crate::support::{apply, merge_patch, target_env};
 
 const MINUTE: Duration = Duration::from_secs(60);
 

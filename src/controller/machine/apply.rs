@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::create::{
     class_version, create, creation_timed_out, ensure_post_launch, launch_record,
-    launch_within_grace,
+    launch_within_grace, write_launch_record,
 };
 use super::launch_record::LaunchRecord;
 use super::observe::{node_for, observe, report_failure};
@@ -32,7 +32,7 @@ use crate::controller::fleet::drift::{
     self, CLASS_TAG_KEYS_ANNOTATION, REPLACE_ON_DRIFT_ANNOTATION, Replacer, SPEC_FIELDS_ANNOTATION,
     SPEC_HASH_ANNOTATION,
 };
-use crate::controller::node::template;
+use crate::controller::node::{bootstrap_token, template};
 use crate::controller::ownership;
 
 pub(super) async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
@@ -170,8 +170,9 @@ pub(super) async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
 }
 
 /// What the machine owes its Node (see [`crate::controller::node`]): the
-/// node template applied. It may not hold up the machine's health checks:
-/// a failure is logged and retried next pass.
+/// node template applied, and the bootstrap token deleted once the Node
+/// joined (the machine was Running), as MCM does. Neither may hold up the
+/// machine's health checks: failures are logged and retried next pass.
 async fn tend_node(m: &Machine, ctx: &Context, instance: &InstanceInfo) {
     if let Some(node) = node_for(ctx, m, instance) {
         match template::sync(ctx, m, &node).await {
@@ -181,6 +182,24 @@ async fn tend_node(m: &Machine, ctx: &Context, instance: &InstanceInfo) {
                 warn!(machine = %m.name_any(), error = %e, "could not apply the node template")
             }
         }
+    }
+    let record = LaunchRecord::from_annotations(m.annotations());
+    if m.phase() != Some(MachinePhase::Running) {
+        return;
+    }
+    let Some(record) = record.filter(|r| r.bootstrap_token_id.is_some()) else {
+        return;
+    };
+    let retired = async {
+        bootstrap_token::delete(ctx, m, record.bootstrap_token_id.as_deref()).await?;
+        let done = LaunchRecord {
+            bootstrap_token_id: None,
+            ..record
+        };
+        write_launch_record(m, ctx, &done).await
+    };
+    if let Err(e) = retired.await {
+        warn!(machine = %m.name_any(), error = %e, "could not delete the bootstrap token of the joined node");
     }
 }
 

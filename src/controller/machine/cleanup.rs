@@ -27,6 +27,7 @@ use crate::aws::instances::{self, InstanceState, instance_id_from_provider_id};
 use crate::controller::context::Context;
 use crate::controller::error::{Error, Result};
 use crate::controller::events::publish;
+use crate::controller::node::bootstrap_token;
 
 pub(super) async fn cleanup(m: &Machine, ctx: &Context) -> Result<Action> {
     let name = m.name_any();
@@ -151,7 +152,20 @@ pub(super) async fn cleanup(m: &Machine, ctx: &Context) -> Result<Action> {
         }
     }
 
-    // 3. Delete the Node object, if it is still this instance's. The cached
+    // 3. The bootstrap token, unless it went when the Node joined. Without
+    // the right to read Secrets there, and none recorded, there is nothing
+    // to leave behind but a token that expires with the creation timeout.
+    let recorded =
+        LaunchRecord::from_annotations(m.annotations()).and_then(|r| r.bootstrap_token_id);
+    match bootstrap_token::delete(ctx, m, recorded.as_deref()).await {
+        Ok(()) => {}
+        Err(Error::Kube(kube::Error::Api(s))) if s.code == 403 && recorded.is_none() => {
+            warn!(machine = %name, reason = %s.message, "cannot look for a bootstrap token to delete");
+        }
+        Err(e) => return Err(e),
+    }
+
+    // 4. Delete the Node object, if it is still this instance's. The cached
     // Node may be stale: the UID precondition makes sure a Node that a newer
     // instance registered under the same name in the meantime survives.
     let nodes = Api::<Node>::all(ctx.target.clone());

@@ -26,10 +26,12 @@ use crate::aws::instances::InstanceInfo;
 use crate::aws::launch::{
     LaunchContext, PostLaunchAction, build_run_instances, post_launch_actions,
 };
+use crate::aws::user_data::needs_bootstrap_token;
 use crate::controller::context::Context;
 use crate::controller::error::{Error, Result};
 use crate::controller::events::publish;
 use crate::controller::fleet::drift::{self};
+use crate::controller::node::bootstrap_token::{self, MachineToken};
 
 /// Whether the Machine's launch (its record, else its creation) is recent
 /// enough that its instance may still be invisible to EC2's reads.
@@ -116,6 +118,10 @@ pub(super) async fn create(m: &Machine, ctx: &Context, r: &Resolved) -> Result<A
         Err(e) => return Err(launch_failed(m, ctx, r, e).await),
     };
     let user_data = user_data(&r.secret_data);
+    let bootstrap = match user_data.as_deref().filter(|d| needs_bootstrap_token(d)) {
+        Some(_) => Some(bootstrap_token(m, ctx).await?),
+        None => None,
+    };
     let placement = m
         .spec
         .node_template
@@ -125,7 +131,7 @@ pub(super) async fn create(m: &Machine, ctx: &Context, r: &Resolved) -> Result<A
         .and_then(|a| a.get(PLACEMENT_ANNOTATION))
         .or_else(|| m.annotations().get(PLACEMENT_ANNOTATION))
         .map(String::as_str);
-    let Some(record) = record_launch(m, ctx, r).await? else {
+    let Some(record) = record_launch(m, ctx, r, bootstrap.as_ref()).await? else {
         return Ok(Action::requeue(RECHECK_SOON));
     };
     if let Some(wait) = record.wait_before_call(Timestamp::now()) {
@@ -134,6 +140,7 @@ pub(super) async fn create(m: &Machine, ctx: &Context, r: &Resolved) -> Result<A
     let token = record.client_token(&uid);
     let launch = LaunchContext {
         machine_name: &name,
+        bootstrap_token: bootstrap.as_ref().map(|t| &t.token),
         machine_namespace: &ns,
         machine_uid: &uid,
         client_token: &token,
@@ -215,27 +222,69 @@ pub(super) async fn create(m: &Machine, ctx: &Context, r: &Resolved) -> Result<A
     Ok(Action::requeue(RECHECK_SOON))
 }
 
+/// The machine's bootstrap token for its user data (see
+/// [`bootstrap_token`](crate::controller::node::bootstrap_token)): the one
+/// its launch record names when that Secret is still there. A failure is
+/// reported in the status, as a launch failure would be.
+async fn bootstrap_token(m: &Machine, ctx: &Context) -> Result<MachineToken> {
+    let recorded =
+        LaunchRecord::from_annotations(m.annotations()).and_then(|r| r.bootstrap_token_id);
+    let creation_timeout = timeouts(m, ctx).creation;
+    match bootstrap_token::ensure(ctx, m, recorded.as_deref(), creation_timeout).await {
+        Ok(token) => Ok(token),
+        Err(e) if e.is_waiting() => Err(e),
+        Err(e) => {
+            let description = format!(
+                "Creating the bootstrap token in the target cluster's {} failed: {e}",
+                bootstrap_token::NAMESPACE
+            );
+            report_failure(
+                m,
+                ctx,
+                MachineOperationType::Create,
+                "Internal",
+                &description,
+                false,
+            )
+            .await?;
+            Err(e)
+        }
+    }
+}
+
 /// The launch record for the call about to be made, written to the Machine
 /// *before* the call (see [`launch_record`]): the same token as the last
 /// call when the class still launches in the same Region with the same
-/// Secrets, a new attempt otherwise. `None`: an attempt elsewhere may still
-/// have an invisible instance; wait.
+/// Secrets and the user data carries the same bootstrap token, a new
+/// attempt otherwise. `None`: an attempt elsewhere may still have an
+/// invisible instance; wait.
 pub(super) async fn record_launch(
     m: &Machine,
     ctx: &Context,
     r: &Resolved,
+    token: Option<&MachineToken>,
 ) -> Result<Option<LaunchRecord>> {
     let now = Timestamp::now();
     let region = r.class.provider_spec.region.clone();
     let secrets = drift::secret_refs(&r.class);
-    let record = match LaunchRecord::from_annotations(m.annotations()) {
+    let mut record = match LaunchRecord::from_annotations(m.annotations()) {
         Some(rec) if rec.region == region && rec.secrets == secrets => {
             if rec.wait_before_call(now).is_some() {
                 return Ok(Some(rec));
             }
-            LaunchRecord {
-                started: now,
-                ..rec
+            // The last call carried a token that is gone: its user data
+            // cannot be sent again under its ClientToken.
+            let carried = rec.bootstrap_token_id.as_deref();
+            let token_changed = token.is_some_and(|t| {
+                carried.is_some() && (t.created || carried != Some(t.id.as_str()))
+            });
+            if token_changed {
+                rec.after_new_user_data(now)
+            } else {
+                LaunchRecord {
+                    started: now,
+                    ..rec
+                }
             }
         }
         Some(rec) if rec.within_grace(now) => return Ok(None),
@@ -250,8 +299,10 @@ pub(super) async fn record_launch(
             secrets,
             started: now,
             not_before: None,
+            bootstrap_token_id: None,
         },
     };
+    record.bootstrap_token_id = token.map(|t| t.id.clone());
     write_launch_record(m, ctx, &record).await?;
     Ok(Some(record))
 }

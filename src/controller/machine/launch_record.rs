@@ -13,7 +13,13 @@
 //! - which `ClientToken` the attempt used (`attempt` 0 is the Machine UID,
 //!   as before this record existed; a token EC2 will not honour any more —
 //!   `IdempotentInstanceTerminated`, `IdempotentParameterMismatch` — moves to
-//!   the next attempt).
+//!   the next attempt),
+//! - which bootstrap token the user data carried (its public ID, see
+//!   `controller::node::bootstrap_token`): a retry reuses it, so the same
+//!   ClientToken goes with the same user data; a token that had to be made
+//!   anew means new user data, and so the next attempt
+//!   ([`LaunchRecord::after_new_user_data`]). The ID stays until the Secret
+//!   is deleted once the Node joined.
 //!
 //! Pure: parsing, serializing and the decisions; the reconciler does the I/O.
 
@@ -52,6 +58,10 @@ pub struct LaunchRecord {
     /// adopted instead).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before: Option<Timestamp>,
+    /// ID of the bootstrap token the user data of this attempt carries
+    /// (`bootstrap-token-<id>` in the target cluster's `kube-system`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_token_id: Option<String>,
 }
 
 impl LaunchRecord {
@@ -87,6 +97,22 @@ impl LaunchRecord {
             started: now,
             not_before: None,
             ..self.clone()
+        }
+    }
+
+    /// The record to continue with when the user data changed since the
+    /// last call (a bootstrap token made anew): EC2 would refuse the old
+    /// ClientToken with other parameters, so a new attempt — once an
+    /// instance of the last call, if any, had the time to become visible
+    /// and be adopted instead.
+    pub fn after_new_user_data(&self, now: Timestamp) -> LaunchRecord {
+        let visible_by = self
+            .started
+            .checked_add(VISIBILITY_GRACE)
+            .unwrap_or(Timestamp::MAX);
+        LaunchRecord {
+            not_before: (visible_by > now).then_some(visible_by),
+            ..self.next_attempt(now)
         }
     }
 
@@ -164,6 +190,7 @@ mod tests {
             secrets: vec!["ns/aws".into()],
             started,
             not_before: None,
+            bootstrap_token_id: None,
         }
     }
 
@@ -216,6 +243,33 @@ mod tests {
         assert!(r.within_grace(at(299)));
         assert!(!r.within_grace(at(300)));
         assert!(r.within_grace(at(-60)), "a clock behind the record waits");
+    }
+
+    #[test]
+    fn new_user_data_moves_to_a_new_attempt_after_the_grace() {
+        let start = Timestamp::from_second(1_700_000_000).unwrap();
+        let r = LaunchRecord {
+            bootstrap_token_id: Some("abc123".into()),
+            ..record(start)
+        };
+        let soon = Timestamp::from_second(1_700_000_010).unwrap();
+        let next = r.after_new_user_data(soon);
+        assert_eq!(next.attempt, 1, "a fresh ClientToken");
+        assert_eq!(
+            next.wait_before_call(soon),
+            Some(VISIBILITY_GRACE - Duration::from_secs(10)),
+            "the last call's instance may still show up"
+        );
+        let late = Timestamp::from_second(1_700_000_400).unwrap();
+        assert_eq!(r.after_new_user_data(late).wait_before_call(late), None);
+        // The record reads and writes the token ID.
+        let mut a = BTreeMap::new();
+        a.insert(LAUNCH_ANNOTATION.to_string(), r.to_annotation());
+        assert!(
+            r.to_annotation()
+                .contains("\"bootstrapTokenId\":\"abc123\"")
+        );
+        assert_eq!(LaunchRecord::from_annotations(&a), Some(r));
     }
 
     #[test]

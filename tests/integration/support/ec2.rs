@@ -17,7 +17,7 @@ use aws_sdk_ec2::types::{
 
 use super::env;
 use super::iam::Keys;
-pub use super::instances::{state, tag, try_instances_of_namespace};
+pub use super::instances::{state, tag, try_instances_of_namespace, try_user_data};
 
 /// The region every test works in.
 pub const REGION: &str = "eu-west-1";

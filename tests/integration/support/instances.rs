@@ -54,3 +54,21 @@ pub fn state(i: &Instance) -> &str {
         .map(InstanceStateName::as_str)
         .unwrap_or("")
 }
+
+/// The user data of instance `id`, read back from EC2
+/// (DescribeInstanceAttribute `userData`) and base64-decoded.
+pub async fn try_user_data(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<String, String> {
+    use base64::Engine as _;
+    let out = ec2
+        .describe_instance_attribute()
+        .instance_id(id)
+        .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+        .send()
+        .await
+        .map_err(|e| format!("DescribeInstanceAttribute userData of {id}: {e:?}"))?;
+    let encoded = out.user_data().and_then(|v| v.value()).unwrap_or_default();
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|e| format!("user data of {id} is not base64: {e}"))?;
+    Ok(String::from_utf8_lossy(&raw).into_owned())
+}

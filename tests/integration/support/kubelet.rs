@@ -16,6 +16,15 @@
 //!   it; a leftover Node of a terminated instance in the way of a new one is
 //!   removed first (as the cloud node lifecycle controller does) and the new
 //!   instance registers on the next pass.
+//! - like a node agent joining with a bootstrap token, it registers only
+//!   when the instance's user data (read back from EC2) lets it: a line
+//!   `bootstrap-token: <id>.<secret>` must name a live Secret
+//!   `kube-system/bootstrap-token-<id>` of its cluster with that secret,
+//!   usable for authentication and not expired, as the API server's
+//!   bootstrap token authenticator requires; a placeholder left in the user
+//!   data never joins. User data without such a line joins as before.
+//!   [`Kubelet::joined_with`] tells which token (and Secret) an instance
+//!   joined with, [`Kubelet::refusal`] why it did not.
 //! - Pods bound to a Ready Node that are being deleted (e.g. evicted) are
 //!   finished with a grace period of 0, as the kubelet does once their
 //!   containers stopped. On a NotReady/Unknown Node nobody finishes them:
@@ -30,7 +39,7 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::Instance;
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -38,7 +47,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, P
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
-use super::ec2::{state, try_instances_of_namespace};
+use super::ec2::{state, try_instances_of_namespace, try_user_data};
 
 /// How often the stand-in looks at EC2 and the API server.
 const TICK: Duration = Duration::from_millis(300);
@@ -63,6 +72,12 @@ struct Shared {
     owners: BTreeMap<String, String>,
     /// Node name → readiness the test forces ([`Kubelet::set_ready`]).
     forced_ready: BTreeMap<String, bool>,
+    /// Instance ID → the bootstrap token it joined with.
+    joined: BTreeMap<String, JoinedWith>,
+    /// Instance ID → why its node agent could not join (so far).
+    refused: BTreeMap<String, String>,
+    /// No new Node registers while set ([`Kubelet::hold_registrations`]).
+    hold: bool,
     /// The error of the last failed pass; the loop carries on regardless.
     last_error: Option<String>,
 }
@@ -105,6 +120,23 @@ impl Kubelet {
         lock(&self.shared).nodes.get(instance_id).cloned()
     }
 
+    /// The bootstrap token instance `instance_id` joined with, once it did
+    /// with one.
+    pub fn joined_with(&self, instance_id: &str) -> Option<JoinedWith> {
+        lock(&self.shared).joined.get(instance_id).cloned()
+    }
+
+    /// Why the node agent of `instance_id` has not joined, if it was refused.
+    pub fn refusal(&self, instance_id: &str) -> Option<String> {
+        lock(&self.shared).refused.get(instance_id).cloned()
+    }
+
+    /// While `hold` is true, no new Node registers (a node agent still
+    /// booting); Nodes registered before carry on.
+    pub fn hold_registrations(&self, hold: bool) {
+        lock(&self.shared).hold = hold;
+    }
+
     /// The error of the last failed pass, if the latest pass failed; for
     /// assertion messages.
     pub fn last_error(&self) -> Option<String> {
@@ -133,6 +165,27 @@ pub fn ready_status(node: &Node) -> Option<&str> {
         .find(|c| c.type_ == "Ready")
         .map(|c| c.status.as_str())
 }
+
+/// The bootstrap token an instance's node agent joined with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinedWith {
+    /// `<id>.<secret>`, as the user data carried it.
+    pub token: String,
+    /// UID of the `bootstrap-token-<id>` Secret that accepted it.
+    pub secret_uid: String,
+}
+
+/// Whether the node agent of an instance may join, judged as the API
+/// server's bootstrap token authenticator would.
+enum Join {
+    /// The user data carries no bootstrap token: joins by other means.
+    WithoutToken,
+    With(JoinedWith),
+    Refused(String),
+}
+
+/// The user data line the tests' bootstrap scripts carry their token in.
+pub const TOKEN_LINE: &str = "bootstrap-token: ";
 
 /// The Ready condition the stand-in reports for a Node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -256,13 +309,28 @@ impl Agent {
         let Some(id) = instance.instance_id() else {
             return Ok(());
         };
-        if lock(&self.shared).nodes.contains_key(id) {
-            return Ok(());
+        {
+            let shared = lock(&self.shared);
+            if shared.nodes.contains_key(id) || shared.hold {
+                return Ok(());
+            }
         }
         let name = match instance.private_dns_name() {
             Some(n) if !n.is_empty() => n.to_string(),
             _ => return Ok(()), // not known yet; try again next pass
         };
+        match self.join(id).await? {
+            Join::WithoutToken => {}
+            Join::With(joined) => {
+                let mut shared = lock(&self.shared);
+                shared.refused.remove(id);
+                shared.joined.insert(id.to_string(), joined);
+            }
+            Join::Refused(why) => {
+                lock(&self.shared).refused.insert(id.to_string(), why);
+                return Ok(()); // a node agent retries
+            }
+        }
         let node: Node = serde_json::from_value(node_object(&name, instance))
             .map_err(|e| format!("build Node {name}: {e}"))?;
         match self.nodes.create(&PostParams::default(), &node).await {
@@ -325,6 +393,66 @@ impl Agent {
         shared.owners.insert(name.clone(), id.to_string());
         shared.nodes.insert(id.to_string(), name);
         Ok(())
+    }
+
+    /// Whether the node agent of instance `id` can join, from its user data
+    /// and the bootstrap token Secrets of the cluster.
+    async fn join(&self, id: &str) -> Result<Join, String> {
+        let user_data = try_user_data(&self.ec2, id).await?;
+        if user_data.contains("<<BOOTSTRAP_TOKEN>>") || user_data.contains("%3C%3CBOOTSTRAP_TOKEN")
+        {
+            return Ok(Join::Refused(
+                "the user data still holds the token placeholder".into(),
+            ));
+        }
+        let Some(token) = user_data
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(TOKEN_LINE))
+            .map(str::trim)
+        else {
+            return Ok(Join::WithoutToken);
+        };
+        let Some((token_id, secret)) = token.split_once('.') else {
+            return Ok(Join::Refused(format!("{token:?} is not a bootstrap token")));
+        };
+        let secrets = Api::<Secret>::namespaced(self.client.clone(), "kube-system");
+        let name = format!("bootstrap-token-{token_id}");
+        let Some(s) = secrets
+            .get_opt(&name)
+            .await
+            .map_err(|e| format!("get Secret kube-system/{name}: {e}"))?
+        else {
+            return Ok(Join::Refused(format!("no Secret kube-system/{name}")));
+        };
+        let field = |k: &str| {
+            s.data
+                .as_ref()
+                .and_then(|d| d.get(k))
+                .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+        };
+        let expired = field("expiration")
+            .and_then(|e| e.parse::<Timestamp>().ok())
+            .is_some_and(|e| e <= Timestamp::now());
+        let refusal = if s.type_.as_deref() != Some("bootstrap.kubernetes.io/token") {
+            Some("not of type bootstrap.kubernetes.io/token")
+        } else if field("token-id").as_deref() != Some(token_id)
+            || field("token-secret").as_deref() != Some(secret)
+        {
+            Some("another token")
+        } else if field("usage-bootstrap-authentication").as_deref() != Some("true") {
+            Some("not for authentication")
+        } else if expired {
+            Some("expired")
+        } else {
+            None
+        };
+        Ok(match refusal {
+            Some(why) => Join::Refused(format!("Secret kube-system/{name}: {why}")),
+            None => Join::With(JoinedWith {
+                token: token.to_string(),
+                secret_uid: s.uid().unwrap_or_default(),
+            }),
+        })
     }
 
     /// Sets the Node's Ready condition, when it changes and the Node exists.

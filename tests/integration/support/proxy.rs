@@ -7,7 +7,8 @@
 //!
 //! **Faults** ([`FaultProxy::set_rules`]): EC2 throttling
 //! (`RequestLimitExceeded`, HTTP 503), an internal error (HTTP 500), any EC2
-//! error, a reset connection, or a delay. They follow a deterministic
+//! error, a reset connection, a delay, or a lost response (the request takes
+//! effect, the caller sees a reset). They follow a deterministic
 //! schedule (every Nth request of an action), so tests are repeatable, and
 //! come first: a faulted request reaches nothing else.
 //!
@@ -85,6 +86,10 @@ pub enum Fault {
     Delay(Duration),
     /// An EC2 error response with this HTTP status and error code.
     Error(u16, &'static str),
+    /// The request reaches EC2 and takes effect, then the connection is
+    /// reset instead of answered: the caller never learns the outcome (a
+    /// crash or a network cut right after the call).
+    LoseResponse,
 }
 
 /// A fault injected on one in `every` requests — of `action` when set, else
@@ -320,12 +325,10 @@ async fn serve(
             Some(Fault::Error(status, code)) => {
                 Response::ec2_error(status, "Error", code, &format!("Injected {code}"))
             }
-            Some(Fault::Reset) => {
-                // Deprecated because linger 0 blocks nothing here: it is
-                // exactly how to make the peer see a reset.
-                #[allow(deprecated)]
-                conn.set_linger(Some(Duration::ZERO))?;
-                return Ok(()); // dropped with linger 0: the client sees a reset
+            Some(Fault::Reset) => return reset(conn),
+            Some(Fault::LoseResponse) => {
+                answer(upstream, &request, &ec2, state).await?;
+                return reset(conn);
             }
             Some(Fault::Delay(d)) => {
                 tokio::time::sleep(d).await;
@@ -336,6 +339,15 @@ async fn serve(
         conn.write_all(&response.to_bytes()).await?;
     }
     Ok(())
+}
+
+/// Drops the connection so that the peer sees a reset.
+fn reset(conn: TcpStream) -> std::io::Result<()> {
+    // Deprecated because linger 0 blocks nothing here: it is exactly how
+    // to make the peer see a reset.
+    #[allow(deprecated)]
+    conn.set_linger(Some(Duration::ZERO))?;
+    Ok(()) // dropped with linger 0
 }
 
 /// EC2's answer to a request the fault rules let through.

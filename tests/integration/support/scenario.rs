@@ -27,6 +27,11 @@ use super::{TEST_MANAGER, TestEnv, env, install_crds, namespace};
 
 pub const CLASS: &str = "workers";
 pub const SECRET: &str = "aws";
+/// The user data of the scenario's Secret: both of MCM's placeholders, the
+/// token where the kubelet stand-in's node agent reads it
+/// ([`super::kubelet::TOKEN_LINE`]), so every machine joins with a real
+/// bootstrap token.
+pub const USER_DATA: &str = "#cloud-config\nhostname: <<MACHINE_NAME>>\nwrite_files:\n- path: /var/lib/node-agent/token\n  content: |\n    bootstrap-token: <<BOOTSTRAP_TOKEN>>\n";
 
 /// Operator flags that make the tests fast without changing behaviour.
 pub const FAST_FLAGS: &[&str] = &[
@@ -202,7 +207,7 @@ impl Scenario {
             json!({
                 "providerAccessKeyId": cloud.class_keys.id,
                 "providerSecretAccessKey": cloud.class_keys.secret,
-                "userData": "#cloud-config\nhostname: <<MACHINE_NAME>>\n",
+                "userData": USER_DATA,
             })
         });
         create_secret(&client, &ns, SECRET, secret).await;
