@@ -16,6 +16,7 @@ mod consistency;
 mod crds;
 mod deletion;
 mod fleets;
+mod gardener;
 mod harness;
 mod health;
 mod iam;
