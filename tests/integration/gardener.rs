@@ -22,8 +22,8 @@ use mcm_provider_aws::aws::instances::instance_id_from_provider_id;
 use mcm_provider_aws::controller::node::bootstrap_token::is_token;
 use serde_json::{Value, json};
 
-use crate::support::apply;
 use crate::support::ec2::{self, tag, try_user_data};
+use crate::support::fleet::apply;
 use crate::support::kubelet::TOKEN_LINE;
 use crate::support::scenario::Scenario;
 use crate::support::wait::eventually_or;
