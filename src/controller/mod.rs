@@ -12,6 +12,7 @@ pub mod node;
 pub mod orphans;
 pub mod ownership;
 pub mod readiness;
+pub mod status;
 
 use std::sync::Arc;
 

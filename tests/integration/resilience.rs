@@ -33,6 +33,23 @@ async fn live_per_uid(s: &Scenario) -> BTreeMap<String, usize> {
     out
 }
 
+/// Exactly one live instance per Machine UID of `uids`, and none other.
+async fn assert_one_instance_each(s: &Scenario, uids: &[String]) {
+    let per_uid = live_per_uid(s).await;
+    for uid in uids {
+        assert_eq!(
+            per_uid.get(uid),
+            Some(&1),
+            "exactly one instance for machine {uid}: {per_uid:?}"
+        );
+    }
+    assert_eq!(
+        per_uid.len(),
+        uids.len(),
+        "no instance without a machine: {per_uid:?}"
+    );
+}
+
 /// A small deterministic pseudo-random sequence (no RNG crate needed).
 fn delays(seed: u64, n: usize, max_ms: u64) -> Vec<Duration> {
     let mut x = seed;
@@ -63,19 +80,7 @@ async fn kill9_during_create_and_delete_never_duplicates_or_leaks() {
     for n in names {
         s.wait_phase(n, MachinePhase::Running, 2 * MINUTE).await;
     }
-    let per_uid = live_per_uid(&s).await;
-    for uid in &uids {
-        assert_eq!(
-            per_uid.get(uid),
-            Some(&1),
-            "exactly one instance for machine {uid}: {per_uid:?}"
-        );
-    }
-    assert_eq!(
-        per_uid.len(),
-        uids.len(),
-        "no instance without a machine: {per_uid:?}"
-    );
+    assert_one_instance_each(&s, &uids).await;
 
     // Delete them all and kill the operator while it drains and terminates.
     for n in names {
@@ -119,15 +124,7 @@ async fn thirty_kills_under_throttling_and_lag_leave_one_instance_per_machine() 
     for n in &names {
         s.wait_phase(n, MachinePhase::Running, 6 * MINUTE).await;
     }
-    let per_uid = live_per_uid(&s).await;
-    for uid in &uids {
-        assert_eq!(
-            per_uid.get(uid),
-            Some(&1),
-            "exactly one instance for machine {uid}: {per_uid:?}"
-        );
-    }
-    assert_eq!(per_uid.len(), uids.len(), "no stray instance: {per_uid:?}");
+    assert_one_instance_each(&s, &uids).await;
 
     for n in &names {
         s.machines()

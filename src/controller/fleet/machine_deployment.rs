@@ -54,10 +54,11 @@ use crate::api::machine_deployment::{
 };
 use crate::api::machine_set::{MachineSet, MachineSetConditionType, MachineSetSpec};
 use crate::api::shared::{ConditionStatus, MachineSummary, MachineTemplateSpec};
-use crate::controller::context::{Context, MANAGER};
+use crate::controller::context::Context;
 use crate::controller::error::{Error, Result};
 use crate::controller::events::publish;
 use crate::controller::ownership::{self, Claim};
+use crate::controller::status;
 
 /// Re-check every deployment this often even without events: edits of the
 /// class's Secret (its userData) are noticed within this period.
@@ -855,22 +856,7 @@ async fn write_status(
     old: &MachineDeploymentStatus,
     new: MachineDeploymentStatus,
 ) -> Result<()> {
-    if d.status.is_some() && *old == new {
-        return Ok(());
-    }
-    let patch = json!({
-        "apiVersion": crate::api::API_VERSION,
-        "kind": "MachineDeployment",
-        "status": new,
-    });
-    Api::<MachineDeployment>::namespaced(ctx.client.clone(), &d.namespace().unwrap_or_default())
-        .patch_status(
-            &d.name_any(),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-    Ok(())
+    status::write(ctx, d, d.status.is_some(), old, &new).await
 }
 
 #[cfg(test)]

@@ -38,11 +38,12 @@ use crate::api::machine::Machine;
 use crate::api::machine_deployment::MachineDeployment;
 use crate::api::machine_set::{MachineSet, MachineSetConditionType, MachineSetStatus};
 use crate::api::shared::ConditionStatus;
-use crate::controller::context::{Context, MANAGER};
+use crate::controller::context::Context;
 use crate::controller::error::{Error, Result};
 use crate::controller::events::publish;
 use crate::controller::machine::FINALIZER;
 use crate::controller::ownership::{self, Claim};
+use crate::controller::status;
 
 /// Re-check every set this often even without events.
 const RESYNC: Duration = Duration::from_secs(600);
@@ -365,22 +366,7 @@ async fn write_status(
     old: &MachineSetStatus,
     new: MachineSetStatus,
 ) -> Result<()> {
-    if set.status.is_some() && *old == new {
-        return Ok(());
-    }
-    let patch = json!({
-        "apiVersion": crate::api::API_VERSION,
-        "kind": "MachineSet",
-        "status": new,
-    });
-    Api::<MachineSet>::namespaced(ctx.client.clone(), &set.namespace().unwrap_or_default())
-        .patch_status(
-            &set.name_any(),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-    Ok(())
+    status::write(ctx, set, set.status.is_some(), old, &new).await
 }
 
 #[cfg(test)]

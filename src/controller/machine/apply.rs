@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use serde_json::json;
@@ -17,12 +17,12 @@ use super::create::{
     launch_within_grace, write_launch_record,
 };
 use super::launch_record::LaunchRecord;
-use super::observe::{node_for, observe, report_failure};
-use super::{RECHECK_SOON, Resolved, annotate, machines, reported, resolve};
+use super::observe::{node_for, observe, report_invalid};
+use super::{RECHECK_SOON, Resolved, annotate, merge_patch, reported, resolve};
 use crate::api::machine::{Machine, NODE_LABEL};
 use crate::api::machine_class::MachineClass;
 use crate::api::machine_deployment::MACHINE_TEMPLATE_HASH_LABEL;
-use crate::api::shared::{MachineOperationType, MachinePhase};
+use crate::api::shared::MachinePhase;
 use crate::aws::clients::Ec2Handle;
 use crate::aws::instances::{self, InstanceInfo, InstanceState, instance_id_from_provider_id};
 use crate::controller::context::Context;
@@ -41,16 +41,7 @@ pub(super) async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
         // The Secrets of its launch are gone or refused: say so on the
         // Machine rather than only in the operator's log.
         Err(e @ Error::Invalid(_)) => {
-            let msg = e.to_string();
-            report_failure(
-                m,
-                ctx,
-                MachineOperationType::Create,
-                "InvalidArgument",
-                &msg,
-                true,
-            )
-            .await?;
+            report_invalid(m, ctx, &e.to_string()).await?;
             return Err(e);
         }
         home => home?,
@@ -75,15 +66,7 @@ pub(super) async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
             return observe(m, ctx, instance.as_ref(), &region, None, None).await;
         }
         (Err(e @ Error::Invalid(_)), None) => {
-            report_failure(
-                m,
-                ctx,
-                MachineOperationType::Create,
-                "InvalidArgument",
-                &e.to_string(),
-                true,
-            )
-            .await?;
+            report_invalid(m, ctx, &e.to_string()).await?;
             return Err(e);
         }
         (Err(e), _) => return Err(e),
@@ -447,12 +430,5 @@ pub(super) async fn ensure_identity(
     if !annotations.is_empty() {
         patch["metadata"]["annotations"] = json!(annotations);
     }
-    machines(ctx, m)
-        .patch(
-            &m.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await?;
-    Ok(())
+    merge_patch(m, ctx, &patch).await
 }

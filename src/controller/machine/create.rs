@@ -14,7 +14,7 @@ use tracing::info;
 use super::apply::ensure_identity;
 use super::launch_record;
 use super::launch_record::{LaunchRecord, StaleToken};
-use super::observe::{report_failure, timeouts, write_status};
+use super::observe::{report_failure, report_invalid, timeouts, write_status};
 use super::{PLACEMENT_ANNOTATION, RECHECK_SOON, Resolved, annotate, entered, humantime_minutes};
 use crate::api::machine::Machine;
 use crate::api::machine_class::MachineClass;
@@ -153,15 +153,7 @@ pub(super) async fn create(m: &Machine, ctx: &Context, r: &Resolved) -> Result<A
         Ok(req) => req,
         Err(e) => {
             let msg = e.to_string();
-            report_failure(
-                m,
-                ctx,
-                MachineOperationType::Create,
-                "InvalidArgument",
-                &msg,
-                true,
-            )
-            .await?;
+            report_invalid(m, ctx, &msg).await?;
             return Err(Error::Invalid(msg));
         }
     };

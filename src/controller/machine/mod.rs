@@ -176,13 +176,13 @@ fn humantime_minutes(d: Duration) -> String {
 
 /// Sets one annotation on the Machine (merge patch).
 async fn annotate(m: &Machine, ctx: &Context, key: &str, value: &str) -> Result<()> {
-    let patch = json!({"metadata": {"annotations": {key: value}}});
+    merge_patch(m, ctx, &json!({"metadata": {"annotations": {key: value}}})).await
+}
+
+/// A JSON merge patch of the Machine (metadata and spec; never status).
+async fn merge_patch(m: &Machine, ctx: &Context, patch: &serde_json::Value) -> Result<()> {
     machines(ctx, m)
-        .patch(
-            &m.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
+        .patch(&m.name_any(), &PatchParams::default(), &Patch::Merge(patch))
         .await?;
     Ok(())
 }

@@ -10,24 +10,23 @@ use k8s_openapi::api::core::v1::{Node, NodeCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use serde_json::json;
 
 use super::phase;
 use super::phase::{InstanceHealth, NodeHealth, Timeouts};
-use super::{CONDITION_CONFIG_VALID, entered, machines};
+use super::{CONDITION_CONFIG_VALID, entered};
 use crate::api::machine::{Machine, MachineStatus, NODE_LABEL};
 use crate::api::shared::{
     CurrentStatus, LastOperation, MachineOperationType, MachinePhase, MachineState,
 };
 use crate::aws::instances::{InstanceInfo, InstanceState, instance_id_from_provider_id};
-use crate::controller::context::{Context, MANAGER};
+use crate::controller::context::Context;
 use crate::controller::error::Result;
 use crate::controller::events::publish;
 use crate::controller::fleet::drift::CONDITION_DRIFTED;
 use crate::controller::fleet::replacement;
+use crate::controller::status;
 
 /// The target-cluster Node of an instance: matched on the instance ID in its
 /// providerID (the kubelet writes the zone there, we write the region) or on
@@ -358,6 +357,20 @@ pub(super) fn stable_condition(
     }
 }
 
+/// An invalid class, Secret or request: `lastOperation` (InvalidArgument),
+/// the configuration condition and a Warning Event.
+pub(super) async fn report_invalid(m: &Machine, ctx: &Context, msg: &str) -> Result<()> {
+    report_failure(
+        m,
+        ctx,
+        MachineOperationType::Create,
+        "InvalidArgument",
+        msg,
+        true,
+    )
+    .await
+}
+
 /// Writes a failure into `lastOperation` (and the configuration condition when
 /// `invalid`), with a Warning Event when the message is new.
 pub(super) async fn report_failure(
@@ -424,27 +437,13 @@ pub(super) async fn write_status(
     old: &MachineStatus,
     new: MachineStatus,
 ) -> Result<()> {
-    if m.status.is_some() && old == &new {
-        return Ok(());
-    }
-    let patch = json!({
-        "apiVersion": crate::api::API_VERSION,
-        "kind": "Machine",
-        "status": new,
-    });
-    machines(ctx, m)
-        .patch_status(
-            &m.name_any(),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-    Ok(())
+    status::write(ctx, m, m.status.is_some(), old, &new).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn node(json: serde_json::Value) -> Node {
         serde_json::from_value(json).unwrap()
