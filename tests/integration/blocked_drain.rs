@@ -9,11 +9,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::VolumeAttachment;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::WatchStreamExt;
 use mcm_provider_aws::api::machine::{Machine, NODE_LABEL};
 use mcm_provider_aws::api::shared::MachinePhase;
 
@@ -283,16 +285,25 @@ async fn a_forced_drain_deletes_pods_with_their_grace_period_and_moves_on() {
         .unwrap();
 
     // Forced: the Pods are deleted, each with its own grace period, not 0.
-    let slow = eventually_or(
-        "the forced drain to delete the lingering Pod",
-        MINUTE,
-        || async {
-            let p = pods.get_opt("slow").await.ok().flatten()?;
-            p.metadata.deletion_timestamp.is_some().then_some(p)
-        },
-        || s.op.log(),
-    )
-    .await;
+    // Watched, not polled: the kubelet stand-in finishes a deleted Pod with
+    // grace 0 moments later, as a kubelet does once its containers stopped.
+    let config = kube::runtime::watcher::Config::default().fields("metadata.name=slow");
+    let first_deletion = tokio::time::timeout(MINUTE, async {
+        let mut events =
+            std::pin::pin!(kube::runtime::watcher(pods.clone(), config).applied_objects());
+        while let Some(Ok(p)) = events.next().await {
+            if p.metadata.deletion_timestamp.is_some() {
+                return p;
+            }
+        }
+        panic!("the Pod watch ended")
+    });
+    let slow = first_deletion.await.unwrap_or_else(|_| {
+        panic!(
+            "the forced drain did not delete the lingering Pod\n{}",
+            s.op.log()
+        )
+    });
     assert_eq!(slow.metadata.deletion_grace_period_seconds, Some(7));
     // The Pod lingers (its finalizer): the instance waits for it, for its
     // grace period and three minutes more, then goes anyway.
