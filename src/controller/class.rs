@@ -8,7 +8,6 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
@@ -17,7 +16,9 @@ use tracing::info;
 
 use super::context::Context;
 use super::error::{Error, Result};
+use super::index;
 use super::machine::FINALIZER;
+use super::reads::SecretMeta;
 use crate::api::machine::Machine;
 use crate::api::machine_class::MachineClass;
 
@@ -44,11 +45,21 @@ impl<'a> ClassUse<'a> {
 
     /// Whether the cache shows a Machine of `ns` referencing `class`.
     fn cached(&self, class: &str) -> bool {
-        self.ctx
-            .machines
-            .state()
-            .iter()
-            .any(|m| m.namespace().as_deref() == Some(self.ns) && m.spec.class.name == class)
+        !self
+            .ctx
+            .machine_index
+            .get(&index::class_key(self.ns, class))
+            .is_empty()
+    }
+
+    /// Whether `class` is in use: confirmed live when releasing would follow
+    /// (`protected`), from the cache otherwise.
+    async fn in_use(&mut self, class: &str, protected: bool) -> Result<bool> {
+        if protected {
+            self.confirmed(class).await
+        } else {
+            Ok(self.cached(class))
+        }
     }
 
     /// Whether a Machine of `ns` references `class`, confirmed by a live
@@ -80,6 +91,22 @@ fn secrets_of(class: &MachineClass) -> BTreeSet<(String, String)> {
         .collect()
 }
 
+/// Whether a class of `classes` that references Secret `key` is in use (a
+/// live check for each when the Secret is `protected`).
+async fn used_by_any(
+    usage: &mut ClassUse<'_>,
+    protected: bool,
+    classes: &[MachineClass],
+    key: &(String, String),
+) -> Result<bool> {
+    for c in classes.iter().filter(|c| secrets_of(c).contains(key)) {
+        if usage.in_use(&c.name_any(), protected).await? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Reconciles one class: finalizers on it and its Secrets follow its use.
 pub async fn reconcile(class: Arc<MachineClass>, ctx: Arc<Context>) -> Result<Action> {
     let ns = class
@@ -89,11 +116,7 @@ pub async fn reconcile(class: Arc<MachineClass>, ctx: Arc<Context>) -> Result<Ac
     ctx.caches_synced().await?;
     let mut usage = ClassUse::new(&ctx, &ns);
     let has = class.finalizers().iter().any(|f| f == FINALIZER);
-    let in_use = if has {
-        usage.confirmed(&name).await?
-    } else {
-        usage.cached(&name)
-    };
+    let in_use = usage.in_use(&name, has).await?;
     let api = Api::<MachineClass>::namespaced(ctx.client.clone(), &ns);
     if in_use && !has && class.meta().deletion_timestamp.is_none() {
         set_finalizers(&api, &class, with(class.finalizers(), FINALIZER)).await?;
@@ -103,32 +126,38 @@ pub async fn reconcile(class: Arc<MachineClass>, ctx: Arc<Context>) -> Result<Ac
         info!(class = %name, "class no longer in use: released");
     }
 
-    // Secrets: protected while some class in use references them.
-    let classes = Api::<MachineClass>::namespaced(ctx.client.clone(), &ns)
-        .list(&Default::default())
-        .await?;
+    // Secrets: protected while some class in use references them — decided
+    // from the class cache, and confirmed by a live list of classes before a
+    // finalizer is released (the cache may lag a class created a moment ago).
+    let cached: Vec<MachineClass> = ctx
+        .reads
+        .classes()
+        .state()
+        .iter()
+        .filter(|c| c.namespace().as_deref() == Some(ns.as_str()))
+        .map(|c| (**c).clone())
+        .collect();
+    let mut live: Option<Vec<MachineClass>> = None;
     for (secret_ns, secret_name) in secrets_of(&class) {
-        let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &secret_ns);
-        let Some(secret) = secrets.get_opt(&secret_name).await? else {
+        let Some(secret) = ctx.reads.secret_meta(&secret_ns, &secret_name).await? else {
             continue;
         };
+        let key = (secret_ns.clone(), secret_name.clone());
         let has = secret.finalizers().iter().any(|f| f == SECRET_FINALIZER);
-        let mut needed = false;
-        for c in classes
-            .items
-            .iter()
-            .filter(|c| secrets_of(c).contains(&(secret_ns.clone(), secret_name.clone())))
-        {
-            let used = if has {
-                usage.confirmed(&c.name_any()).await?
-            } else {
-                usage.cached(&c.name_any())
-            };
-            if used {
-                needed = true;
-                break;
+        let mut needed = used_by_any(&mut usage, has, &cached, &key).await?;
+        if !needed && has {
+            if live.is_none() {
+                live = Some(
+                    Api::<MachineClass>::namespaced(ctx.client.clone(), &ns)
+                        .list(&Default::default())
+                        .await?
+                        .items,
+                );
             }
+            needed =
+                used_by_any(&mut usage, has, live.as_deref().unwrap_or_default(), &key).await?;
         }
+        let secrets = Api::<SecretMeta>::namespaced(ctx.client.clone(), &secret_ns);
         if needed && !has && secret.meta().deletion_timestamp.is_none() {
             set_finalizers(
                 &secrets,

@@ -12,10 +12,13 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use tokio::sync::Notify;
 
+use super::caches::Watches;
 use super::config::ControllerConfig;
 use super::error::{Error, Result};
 use super::fleet::replacement::FailureGate;
+use super::index::Index;
 use super::machine::drain::Drainer;
+use super::reads::Reads;
 use crate::api::machine::Machine;
 use crate::api::machine_set::MachineSet;
 use crate::aws::clients::Ec2Clients;
@@ -41,10 +44,16 @@ pub struct Context {
     pub images: ImageCache,
     /// Batched, cached DescribeInstances per credentials + region.
     pub instances: InstanceView,
-    /// Nodes of the target cluster, kept by a reflector.
+    /// Nodes of the target cluster (trimmed, see [`super::caches`]).
     pub nodes: Store<Node>,
-    /// Machines, kept by the machine controller's reflector.
+    /// Nodes by the instance ID of their providerID.
+    pub node_index: Arc<Index<Node>>,
+    /// Machines, kept by the shared Machine watch.
     pub machines: Store<Machine>,
+    /// Machines by Node name and instance ID.
+    pub machine_index: Arc<Index<Machine>>,
+    /// MachineClasses and Secrets from watch-backed caches.
+    pub reads: Arc<Reads>,
     /// MachineSets, kept by the MachineSet controller's reflector; set once
     /// that controller is built (after this Context). A machine finds its
     /// deployment through it.
@@ -76,8 +85,8 @@ impl Context {
         target: Client,
         config: ControllerConfig,
         ec2: Ec2Clients,
-        nodes: Store<Node>,
-        machines: Store<Machine>,
+        watches: &Watches,
+        reads: Arc<Reads>,
         reporter: Reporter,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -89,8 +98,11 @@ impl Context {
             ec2,
             images: ImageCache::default(),
             instances: InstanceView::default(),
-            nodes,
-            machines,
+            nodes: watches.nodes.clone(),
+            node_index: watches.node_index.clone(),
+            machines: watches.machines.clone(),
+            machine_index: watches.machine_index.clone(),
+            reads,
             sets: OnceLock::new(),
             replacements: FailureGate::default(),
             orphan_wakeup: Notify::new(),
@@ -171,7 +183,7 @@ impl Context {
         }
     }
 
-    /// Waits until the Machine and Node caches hold a complete first list.
+    /// Waits until the Machine, Node and MachineClass caches hold a complete first list.
     ///
     /// Every reconcile that decides from them calls this first: after a
     /// restart, an empty store means "not read yet", not "nothing there" —
@@ -179,7 +191,9 @@ impl Context {
     /// dropped for Machines not yet seen. Returns at once after the first
     /// sync; fails only when the stores' writers are gone (shutting down).
     pub async fn caches_synced(&self) -> Result<()> {
-        let synced = store_ready(&self.machines).await && store_ready(&self.nodes).await;
+        let synced = store_ready(&self.machines).await
+            && store_ready(&self.nodes).await
+            && store_ready(self.reads.classes()).await;
         if synced {
             Ok(())
         } else {

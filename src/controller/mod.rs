@@ -1,17 +1,20 @@
 //! The reconcilers and their wiring: the Machine lifecycle, MachineClass and
 //! Secret protection, and orphan collection, sharing one [`Context`].
 
+pub mod caches;
 pub mod class;
 pub mod config;
 pub mod context;
 pub mod error;
 pub mod events;
 pub mod fleet;
+pub mod index;
 pub mod machine;
 pub mod node;
 pub mod orphans;
 pub mod ownership;
 pub mod readiness;
+pub mod reads;
 pub mod status;
 
 use std::sync::Arc;
@@ -19,19 +22,22 @@ use std::sync::Arc;
 use futures::{StreamExt, future};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::Api;
+use kube::runtime::Controller;
 use kube::runtime::events::Reporter;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use tracing::info;
 
 pub use config::ControllerConfig;
 pub use context::Context;
 
-use crate::api::machine::{Machine, NODE_LABEL};
+use caches::Watches;
+use index::Index;
+use reads::Reads;
+
+use crate::api::machine::Machine;
 use crate::api::machine_class::MachineClass;
 use crate::aws::clients::Ec2Clients;
-use crate::aws::instances::instance_id_from_provider_id;
 use crate::health::Health;
 use crate::metrics::Metrics;
 
@@ -47,33 +53,35 @@ where
 }
 
 /// Machines that a Node event concerns (by `node` label or instance ID).
-fn machines_of_node(store: &Store<Machine>, node: &Node) -> Vec<ObjectRef<Machine>> {
-    let name = node.name_any();
-    let id = node
-        .spec
-        .as_ref()
-        .and_then(|s| s.provider_id.as_deref())
-        .and_then(instance_id_from_provider_id)
-        .map(str::to_string);
+/// The Machines a Node event concerns: those naming it in their node label
+/// or naming its instance in their providerID (an index lookup).
+fn machines_of_node(index: &Index<Machine>, node: &Node) -> Vec<ObjectRef<Machine>> {
+    let mut found = index.get(&index::node_key(&node.name_any()));
+    for key in index::node_keys(node) {
+        for m in index.get(&key) {
+            if !found.contains(&m) {
+                found.push(m);
+            }
+        }
+    }
+    found
+}
+
+/// The Machines of namespace `ns` using class `name` (class events are
+/// rare; a scan of the store is fine).
+fn machines_of_class(
+    store: &Store<Machine>,
+    ns: Option<String>,
+    name: &str,
+) -> Vec<ObjectRef<Machine>> {
     store
         .state()
         .iter()
-        .filter(|m| {
-            m.labels().get(NODE_LABEL) == Some(&name)
-                || (id.is_some()
-                    && m.spec
-                        .provider_id
-                        .as_deref()
-                        .and_then(instance_id_from_provider_id)
-                        == id.as_deref())
-        })
+        .filter(|m| m.namespace() == ns && m.spec.class.name == name)
         .map(|m| ObjectRef::from_obj(m.as_ref()))
         .collect()
 }
 
-/// Runs every controller until SIGTERM/SIGINT, recording reconciles in
-/// `metrics` and settling the `caches` and `ec2-credentials` checks of
-/// `health`.
 pub async fn run(
     client: Client,
     target: Client,
@@ -83,64 +91,48 @@ pub async fn run(
     health: Health,
 ) {
     let ns = config.namespace.clone();
-    let wc = watcher::Config::default();
-
-    let machine_ctl = Controller::new(api::<Machine>(&client, ns.as_deref()), wc.clone());
-    let machine_store = machine_ctl.store();
-
-    let (node_store, node_writer) = reflector::store::<Node>();
-    let node_events = reflector::reflector(
-        node_writer,
-        watcher(Api::<Node>::all(target.clone()), wc.clone()),
-    )
-    .default_backoff()
-    .touched_objects();
-
+    let mut watches = Watches::new();
+    let reads = Arc::new(Reads::new(
+        client.clone(),
+        watches.classes.clone(),
+        watches.secret_meta.clone(),
+    ));
     let ctx = Context::new(
         client.clone(),
-        target,
+        target.clone(),
         config.clone(),
         Ec2Clients::default(),
-        node_store,
-        machine_store.clone(),
+        &watches,
+        reads.clone(),
         reporter,
     );
     metrics.observe_ec2(ctx.ec2.stats());
-    metrics.observe_machines(machine_store.clone());
+    metrics.observe_machines(watches.machines.clone());
 
-    let store_for_nodes = machine_store.clone();
-    let node_triggers = node_events
-        .filter_map(|ev| future::ready(ev.ok()))
-        .flat_map(move |node| futures::stream::iter(machines_of_node(&store_for_nodes, &node)));
-    let store_for_classes = machine_store.clone();
-    let machines = machine_ctl
-        .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
-        .watches(
-            api::<MachineClass>(&client, ns.as_deref()),
-            wc.clone(),
-            move |class| {
-                let cns = class.namespace();
-                store_for_classes
-                    .state()
-                    .iter()
-                    .filter(|m| m.namespace() == cns && m.spec.class.name == class.name_any())
-                    .map(|m| ObjectRef::from_obj(m.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
-        .reconcile_on(node_triggers)
-        .shutdown_on_signal()
-        .run(
-            metrics.instrument("machine", machine::reconcile),
-            machine::error_policy,
-            ctx.clone(),
-        )
-        .for_each(|_| future::ready(()));
+    let index = watches.machine_index.clone();
+    let node_triggers = watches
+        .nodes_touched()
+        .flat_map(move |node| futures::stream::iter(machines_of_node(&index, &node)));
+    let store_for_classes = watches.machines.clone();
+    let machines =
+        Controller::for_shared_stream(watches.machines_touched(), watches.machines.clone())
+            .with_config(
+                kube::runtime::controller::Config::default().concurrency(config.concurrency),
+            )
+            .watches_shared_stream(watches.class_events(), move |class| {
+                machines_of_class(&store_for_classes, class.namespace(), &class.name_any())
+            })
+            .reconcile_on(node_triggers)
+            .shutdown_on_signal()
+            .run(
+                metrics.instrument("machine", machine::reconcile),
+                machine::error_policy,
+                ctx.clone(),
+            )
+            .for_each(|_| future::ready(()));
 
-    let class_ctl = Controller::new(api::<MachineClass>(&client, ns.as_deref()), wc.clone());
-    let class_store = class_ctl.store();
-    let classes = class_ctl
-        .watches(api::<Machine>(&client, ns.as_deref()), wc, |m| {
+    let classes = Controller::for_shared_stream(watches.class_events(), watches.classes.clone())
+        .watches_shared_stream(watches.machines_touched(), |m| {
             let ns = m.namespace().unwrap_or_default();
             Some(ObjectRef::<MachineClass>::new(&m.spec.class.name).within(&ns))
         })
@@ -155,6 +147,7 @@ pub async fn run(
     let (sets, set_store) = fleet::machine_set::controller(
         &client,
         ns.as_deref(),
+        watches.machines_touched(),
         ctx.clone(),
         metrics.instrument("machineset", fleet::machine_set::reconcile),
     );
@@ -163,13 +156,15 @@ pub async fn run(
     let deployments = fleet::machine_deployment::controller(
         &client,
         ns.as_deref(),
+        (watches.machines_touched(), watches.class_events()),
         ctx.clone(),
         metrics.instrument("machinedeployment", fleet::machine_deployment::reconcile),
         set_store,
     );
 
     let orphans = orphans::run(ctx.clone());
-    let readiness = readiness::run(ctx.clone(), class_store, health);
+    let readiness = readiness::run(ctx.clone(), health);
+    let watching = watches.run(&client, &target, ns.as_deref(), reads);
     info!(
         namespace = ns.as_deref().unwrap_or("<all>"),
         "controllers started"
@@ -177,6 +172,7 @@ pub async fn run(
     tokio::select! {
         _ = future::join4(machines, classes, sets, deployments) => {}
         _ = future::join(orphans, readiness) => {}
+        _ = watching => {}
     }
     info!("controllers stopped");
 }

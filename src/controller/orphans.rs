@@ -15,7 +15,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use aws_sdk_ec2::types::Filter;
-use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use tracing::{debug, info, warn};
@@ -50,17 +49,13 @@ pub async fn run(ctx: Arc<Context>) {
 
 /// One pass; returns how many instances it terminated.
 pub async fn collect_once(ctx: &Context) -> Result<usize> {
-    let classes = match &ctx.config.namespace {
-        Some(ns) => Api::<MachineClass>::namespaced(ctx.client.clone(), ns),
-        None => Api::<MachineClass>::all(ctx.client.clone()),
-    }
-    .list(&ListParams::default())
-    .await?;
+    ctx.caches_synced().await?;
+    let classes = ctx.reads.classes().state();
 
     // One search per credentials + region + cluster/role tag pair.
     let mut searches: BTreeMap<(String, String, String, String), (CredentialSource, String)> =
         BTreeMap::new();
-    for class in classes.items.iter().filter(|c| c.is_aws()) {
+    for class in classes.iter().filter(|c| c.is_aws()) {
         let spec = &class.provider_spec;
         let (Some(cluster), Some(role)) = (spec.cluster_tag_key(), spec.role_tag_key()) else {
             continue;
@@ -175,10 +170,7 @@ pub(crate) async fn class_credentials(
                     .filter(|n| !n.is_empty())
                     .unwrap_or(&ns);
                 let name = r.name.as_deref().unwrap_or_default();
-                match Api::<Secret>::namespaced(ctx.client.clone(), secret_ns)
-                    .get_opt(name)
-                    .await
-                {
+                match ctx.reads.secret(secret_ns, name).await {
                     Ok(Some(s)) => Some(s),
                     _ => return None,
                 }

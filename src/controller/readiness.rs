@@ -30,7 +30,8 @@ use crate::health::{CACHES, Check, EC2_CREDENTIALS, Health};
 const MAX_RETRY: Duration = Duration::from_secs(60);
 
 /// Waits for the caches, then checks the EC2 credentials until they pass.
-pub async fn run(ctx: Arc<Context>, classes: Store<MachineClass>, health: Health) {
+pub async fn run(ctx: Arc<Context>, health: Health) {
+    let classes = ctx.reads.classes().clone();
     health.set(
         CACHES,
         Check::Pending("waiting for the Machine, MachineClass and Node caches to sync".into()),

@@ -288,14 +288,19 @@ fn rbac_has_no_wildcards_and_every_rule_says_why() {
                 assert!(!verbs.contains(&json!(forbidden)), "{role}: {rule}");
             }
         }
-        // Secrets are never listed or watched: only the ones classes name,
-        // and in kube-system the bootstrap tokens of the machines.
+        // Secrets: watched by metadata (as MCM's Secret informer does) and
+        // patched for the class protection finalizer, never created or
+        // deleted outside kube-system, where only the machines' bootstrap
+        // tokens are written.
         let secrets: Vec<&(String, Value)> = rules
             .iter()
             .filter(|(_, r)| r["resources"] == json!(["secrets"]))
             .collect();
         assert_eq!(secrets.len(), 2, "{secrets:?}");
-        assert_eq!(secrets[0].1["verbs"], json!(["get", "patch"]));
+        assert_eq!(
+            secrets[0].1["verbs"],
+            json!(["get", "list", "watch", "patch"])
+        );
         assert!(secrets[1].0.ends_with("-bootstrap-tokens"), "{secrets:?}");
         assert_eq!(
             secrets[1].1["verbs"],

@@ -22,6 +22,7 @@ mod health;
 mod iam;
 mod leader_election;
 mod lifecycle;
+mod memory;
 mod node_template;
 mod observability;
 mod proxy;

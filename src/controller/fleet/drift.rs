@@ -21,8 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Secret, SecretReference};
-use kube::api::Api;
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -32,6 +31,7 @@ use crate::api::validation::{validate_provider_spec, validate_secret_data};
 use crate::aws::credentials::{merge_secret_data, user_data};
 use crate::aws::tags;
 use crate::controller::error::{Error, Result};
+use crate::controller::reads::Reads;
 
 /// Annotation on a Machine: hash of the effective provider spec its instance
 /// was launched from. On a MachineSet of a MachineDeployment: the class
@@ -305,24 +305,21 @@ pub struct LoadedClass {
 
 /// Reads class `name` in `ns` and its Secrets and validates them. A missing
 /// or invalid class or Secret is [`Error::Invalid`] with a message for users.
-pub async fn load_class(client: &Client, ns: &str, name: &str) -> Result<LoadedClass> {
-    let class = Api::<MachineClass>::namespaced(client.clone(), ns)
-        .get_opt(name)
-        .await?
-        .ok_or_else(|| {
-            Error::Invalid(format!(
-                "MachineClass {ns}/{name} (spec.class.name) not found"
-            ))
-        })?;
+pub async fn load_class(reads: &Reads, ns: &str, name: &str) -> Result<LoadedClass> {
+    let class = reads.class(ns, name).await?.ok_or_else(|| {
+        Error::Invalid(format!(
+            "MachineClass {ns}/{name} (spec.class.name) not found"
+        ))
+    })?;
     if !class.is_aws() {
         return Err(Error::Invalid(format!(
             "MachineClass {name} has provider {:?}; this operator serves AWS",
             class.provider.as_deref().unwrap_or_default()
         )));
     }
-    let secret_ref = get_secret(client, ns, class.secret_ref.as_ref(), "secretRef").await?;
+    let secret_ref = get_secret(reads, ns, class.secret_ref.as_ref(), "secretRef").await?;
     let creds_ref = get_secret(
-        client,
+        reads,
         ns,
         class.credentials_secret_ref.as_ref(),
         "credentialsSecretRef",
@@ -383,14 +380,14 @@ pub fn secret_refs(class: &MachineClass) -> Vec<String> {
 /// The merged data of Secrets named as [`secret_refs`] names them (later
 /// ones win). A missing Secret is [`Error::Invalid`] naming it.
 pub async fn load_secret_data(
-    client: &Client,
+    reads: &Reads,
     refs: &[String],
 ) -> Result<BTreeMap<String, ByteString>> {
     let mut merged = BTreeMap::new();
     for r in refs {
         let (ns, name) = r.split_once('/').unwrap_or(("", r));
-        let secret = Api::<Secret>::namespaced(client.clone(), ns)
-            .get_opt(name)
+        let secret = reads
+            .secret(ns, name)
             .await?
             .ok_or_else(|| Error::Invalid(format!("Secret {r} (recorded at launch) not found")))?;
         merged.extend(merge_secret_data(Some(&secret), None));
@@ -399,7 +396,7 @@ pub async fn load_secret_data(
 }
 
 async fn get_secret(
-    client: &Client,
+    reads: &Reads,
     default_ns: &str,
     reference: Option<&SecretReference>,
     field: &str,
@@ -411,8 +408,8 @@ async fn get_secret(
         .as_deref()
         .filter(|s| !s.is_empty())
         .unwrap_or(default_ns);
-    Api::<Secret>::namespaced(client.clone(), ns)
-        .get_opt(name)
+    reads
+        .secret(ns, name)
         .await?
         .map(Some)
         .ok_or_else(|| Error::Invalid(format!("Secret {ns}/{name} ({field}) not found")))

@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Future, StreamExt, TryFuture, future};
+use futures::{Future, Stream, StreamExt, TryFuture, future};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
@@ -71,14 +71,17 @@ const IN_PLACE_MESSAGE: &str = "strategy.type InPlaceUpdate is not supported by 
 /// MachineSet controller's store) and of the classes they use, running
 /// `reconcile` ([`reconcile`], possibly wrapped, e.g. for metrics). Runs
 /// until SIGTERM/SIGINT.
-pub fn controller<R, Fut>(
+pub fn controller<R, Fut, M, C>(
     client: &Client,
     namespace: Option<&str>,
+    (machines, classes): (M, C),
     ctx: Arc<Context>,
     reconcile: R,
     sets: Store<MachineSet>,
-) -> impl Future<Output = ()> + use<R, Fut>
+) -> impl Future<Output = ()> + use<R, Fut, M, C>
 where
+    M: Stream<Item = Arc<Machine>> + Send + 'static,
+    C: Stream<Item = Arc<MachineClass>> + Send + 'static,
     R: FnMut(Arc<MachineDeployment>, Arc<Context>) -> Fut,
     Fut: TryFuture<Ok = Action, Error = Error> + Send + 'static,
 {
@@ -96,26 +99,18 @@ where
             crate::controller::api::<MachineSet>(client, namespace),
             wc.clone(),
         )
-        .watches(
-            crate::controller::api::<Machine>(client, namespace),
-            wc.clone(),
-            move |m| deployment_of_machine(&sets, &m),
-        )
-        .watches(
-            crate::controller::api::<MachineClass>(client, namespace),
-            wc,
-            move |class| {
-                let ns = class.namespace();
-                deployments
-                    .state()
-                    .iter()
-                    .filter(|d| {
-                        d.namespace() == ns && d.spec.template.spec.class.name == class.name_any()
-                    })
-                    .map(|d| ObjectRef::from_obj(d.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_shared_stream(machines, move |m| deployment_of_machine(&sets, &m))
+        .watches_shared_stream(classes, move |class| {
+            let ns = class.namespace();
+            deployments
+                .state()
+                .iter()
+                .filter(|d| {
+                    d.namespace() == ns && d.spec.template.spec.class.name == class.name_any()
+                })
+                .map(|d| ObjectRef::from_obj(d.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|_| future::ready(()))
@@ -169,7 +164,7 @@ pub async fn reconcile(d: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<A
 
     // 2. The class as it is now: its hash names the machines' generation.
     let class_name = &d.spec.template.spec.class.name;
-    let (class_hash, class_problem) = match drift::load_class(&ctx.client, &ns, class_name).await {
+    let (class_hash, class_problem) = match drift::load_class(&ctx.reads, &ns, class_name).await {
         Ok(class) => (Some(EffectiveSpec::of_class(&class).hash), None),
         Err(Error::Invalid(msg)) => (None, Some(msg)),
         Err(e) => return Err(e),

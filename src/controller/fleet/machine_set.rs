@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::{self, join_all};
-use futures::{Future, StreamExt, TryFuture};
+use futures::{Future, Stream, StreamExt, TryFuture};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
@@ -52,26 +52,27 @@ const RESYNC: Duration = Duration::from_secs(600);
 /// machines they own, running `reconcile` ([`reconcile`], possibly wrapped,
 /// e.g. for metrics), and the store of its sets (for other controllers'
 /// mappings). Runs until SIGTERM/SIGINT.
-pub fn controller<R, Fut>(
+pub fn controller<R, Fut, M>(
     client: &Client,
     namespace: Option<&str>,
+    machines: M,
     ctx: Arc<Context>,
     reconcile: R,
-) -> (impl Future<Output = ()> + use<R, Fut>, Store<MachineSet>)
+) -> (impl Future<Output = ()> + use<R, Fut, M>, Store<MachineSet>)
 where
+    M: Stream<Item = Arc<Machine>> + Send + 'static,
     R: FnMut(Arc<MachineSet>, Arc<Context>) -> Fut,
     Fut: TryFuture<Ok = Action, Error = Error> + Send + 'static,
 {
-    let wc = watcher::Config::default();
     let ctl = Controller::new(
         crate::controller::api::<MachineSet>(client, namespace),
-        wc.clone(),
+        watcher::Config::default(),
     );
     let store = ctl.store();
     let concurrency = ctx.config.concurrency;
     let run = ctl
         .with_config(controller::Config::default().concurrency(concurrency))
-        .owns(crate::controller::api::<Machine>(client, namespace), wc)
+        .owns_shared_stream(machines)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|_| future::ready(()));

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use kube::ResourceExt;
-use kube::api::Api;
+
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use serde_json::json;
@@ -20,7 +20,6 @@ use super::launch_record::LaunchRecord;
 use super::observe::{node_for, observe, report_invalid};
 use super::{RECHECK_SOON, Resolved, annotate, merge_patch, reported, resolve};
 use crate::api::machine::{Machine, NODE_LABEL};
-use crate::api::machine_class::MachineClass;
 use crate::api::machine_deployment::MACHINE_TEMPLATE_HASH_LABEL;
 use crate::api::shared::MachinePhase;
 use crate::aws::clients::Ec2Handle;
@@ -211,8 +210,9 @@ pub(super) async fn home(
     let class_refs = match resolved {
         Some(r) => Some(drift::secret_refs(&r.class)),
         None => {
-            Api::<MachineClass>::namespaced(ctx.client.clone(), &m.namespace().unwrap_or_default())
-                .get_opt(&m.spec.class.name)
+            let ns = m.namespace().unwrap_or_default();
+            ctx.reads
+                .class(&ns, &m.spec.class.name)
                 .await?
                 .map(|c| drift::secret_refs(&c))
         }
@@ -229,7 +229,7 @@ pub(super) async fn home(
     };
     let data = match resolved {
         Some(r) if drift::secret_refs(&r.class) == refs => r.secret_data.clone(),
-        _ => drift::load_secret_data(&ctx.client, &refs).await?,
+        _ => drift::load_secret_data(&ctx.reads, &refs).await?,
     };
     let source = ctx
         .config

@@ -121,7 +121,7 @@ struct Resolved {
 async fn resolve(m: &Machine, ctx: &Context) -> Result<Resolved> {
     let ns = m.namespace().unwrap_or_default();
     let LoadedClass { class, secret_data } =
-        drift::load_class(&ctx.client, &ns, &m.spec.class.name).await?;
+        drift::load_class(&ctx.reads, &ns, &m.spec.class.name).await?;
     let source = ctx
         .config
         .credentials

@@ -12,6 +12,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
 
 use super::phase;
 use super::phase::{InstanceHealth, NodeHealth, Timeouts};
@@ -26,23 +27,31 @@ use crate::controller::error::Result;
 use crate::controller::events::publish;
 use crate::controller::fleet::drift::CONDITION_DRIFTED;
 use crate::controller::fleet::replacement;
+use crate::controller::index;
 use crate::controller::status;
 
 /// The target-cluster Node of an instance: matched on the instance ID in its
 /// providerID (the kubelet writes the zone there, we write the region) or on
 /// its name, never on the whole providerID string.
 pub(super) fn node_for(ctx: &Context, m: &Machine, i: &InstanceInfo) -> Option<Arc<Node>> {
-    let label = m.labels().get(NODE_LABEL);
-    ctx.nodes
-        .state()
+    let by_instance = ctx
+        .node_index
+        .get(&index::instance_key(&i.id))
         .into_iter()
-        .find(|n| match node_instance(n) {
-            Some(id) => id == i.id,
-            None => {
-                Some(&n.name_any()) == label
-                    || n.name_any().as_str() == i.private_dns_name.as_deref().unwrap_or("-")
-            }
-        })
+        .filter_map(|r| ctx.nodes.get(&r))
+        .find(|n| node_instance(n) == Some(i.id.as_str()));
+    by_instance.or_else(|| {
+        // A Node without providerID (not yet set by the kubelet) is taken by
+        // the machine's node label or the instance's private DNS name.
+        [
+            m.labels().get(NODE_LABEL).map(String::as_str),
+            i.private_dns_name.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(|name| node_by_name(ctx, name))
+        .find(|n| node_instance(n).is_none())
+    })
 }
 
 /// The instance ID in a Node's providerID, if it has one.
@@ -68,7 +77,7 @@ pub(super) fn node_belongs(node: &Node, m: &Machine) -> bool {
 }
 
 pub(super) fn node_by_name(ctx: &Context, name: &str) -> Option<Arc<Node>> {
-    ctx.nodes.state().into_iter().find(|n| n.name_any() == name)
+    ctx.nodes.get(&ObjectRef::new(name))
 }
 
 pub(super) fn node_health(node: Option<&Node>, problem_conditions: &[String]) -> NodeHealth {

@@ -1,0 +1,245 @@
+//! The operator's watches: one per kind, shared by every controller that
+//! needs the kind, each feeding one store (and its index), trimmed to what
+//! the operator reads.
+//!
+//! Machines, MachineClasses and Nodes are each watched once; the machine,
+//! class, set and deployment controllers subscribe to the same stream
+//! instead of opening a watch each (four Machine watches before). Objects
+//! enter their store without managedFields; Nodes also lose what only the
+//! kubelet and scheduler use (container images, node info, capacity), which
+//! is most of a real Node's size. Secrets are watched by metadata only (see
+//! [`super::reads`]).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::channel::mpsc::{self, UnboundedSender};
+use futures::{Stream, StreamExt, TryStreamExt, future};
+use k8s_openapi::api::core::v1::{Node, NodeStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store, store::Writer};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource};
+
+use super::index::{Index, machine_keys, node_keys};
+use super::reads::{Reads, SecretMeta, trim_secret_meta};
+use crate::api::machine::Machine;
+use crate::api::machine_class::MachineClass;
+
+/// How many events a slow subscriber may lag behind before the watch waits
+/// for it.
+const SUBSCRIBER_BUFFER: usize = 1024;
+
+/// Stores, indexes and writers of the shared watches; see the module docs.
+pub struct Watches {
+    pub machines: Store<Machine>,
+    pub machine_index: Arc<Index<Machine>>,
+    pub nodes: Store<Node>,
+    pub node_index: Arc<Index<Node>>,
+    pub classes: Store<MachineClass>,
+    pub secret_meta: Store<SecretMeta>,
+    machine_writer: Writer<Machine>,
+    node_writer: Writer<Node>,
+    class_writer: Writer<MachineClass>,
+    secret_writer: Writer<SecretMeta>,
+    machine_gone: Vec<UnboundedSender<Arc<Machine>>>,
+    node_gone: Vec<UnboundedSender<Arc<Node>>>,
+}
+
+impl Default for Watches {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Watches {
+    pub fn new() -> Self {
+        let (machines, machine_writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
+        let (nodes, node_writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
+        let (classes, class_writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
+        let (secret_meta, secret_writer) = reflector::store();
+        Self {
+            machines,
+            machine_index: Arc::new(Index::new(machine_keys)),
+            nodes,
+            node_index: Arc::new(Index::new(node_keys)),
+            classes,
+            secret_meta,
+            machine_writer,
+            node_writer,
+            class_writer,
+            secret_writer,
+            machine_gone: Vec::new(),
+            node_gone: Vec::new(),
+        }
+    }
+
+    /// A new subscription to Machines touched: each applied Machine as the
+    /// store holds it, and each deleted one (a shared subscription alone
+    /// sees only changes: a deleted object is gone from the store it reads).
+    pub fn machines_touched(&mut self) -> impl Stream<Item = Arc<Machine>> + Send + use<> {
+        let (tx, rx) = mpsc::unbounded();
+        self.machine_gone.push(tx);
+        futures::stream::select(subscribe(&self.machine_writer), rx)
+    }
+
+    /// A new subscription to Nodes touched (changed or deleted).
+    pub fn nodes_touched(&mut self) -> impl Stream<Item = Arc<Node>> + Send + use<> {
+        let (tx, rx) = mpsc::unbounded();
+        self.node_gone.push(tx);
+        futures::stream::select(subscribe(&self.node_writer), rx)
+    }
+
+    /// A new subscription to MachineClass changes.
+    pub fn class_events(&self) -> impl Stream<Item = Arc<MachineClass>> + Send + use<> {
+        subscribe(&self.class_writer)
+    }
+
+    /// Runs the watches (Machines, classes and Secrets of the control
+    /// cluster in `namespace` or everywhere, Nodes of `target`) until
+    /// shutdown. Subscribe first: subscriptions taken later see nothing.
+    pub fn run(
+        self,
+        client: &Client,
+        target: &Client,
+        namespace: Option<&str>,
+        reads: Arc<Reads>,
+    ) -> impl Future<Output = ()> + Send + use<> {
+        let wc = watcher::Config::default();
+        let machine_index = self.machine_index.clone();
+        let machines = watcher(super::api::<Machine>(client, namespace), wc.clone())
+            .default_backoff()
+            .modify(|m: &mut Machine| trim_meta(m.meta_mut()))
+            .reflect_shared(self.machine_writer)
+            .inspect_ok(move |ev| {
+                machine_index.observe(ev);
+                announce_deletion(ev, &self.machine_gone);
+            });
+        let node_index = self.node_index.clone();
+        let nodes = watcher(Api::<Node>::all(target.clone()), wc.clone())
+            .default_backoff()
+            .modify(trim_node)
+            .reflect_shared(self.node_writer)
+            .inspect_ok(move |ev| {
+                node_index.observe(ev);
+                announce_deletion(ev, &self.node_gone);
+            });
+        let classes = watcher(super::api::<MachineClass>(client, namespace), wc.clone())
+            .default_backoff()
+            .modify(|c: &mut MachineClass| trim_meta(c.meta_mut()))
+            .reflect_shared(self.class_writer);
+        let secrets = watcher(super::api::<SecretMeta>(client, namespace), wc)
+            .default_backoff()
+            .modify(trim_secret_meta)
+            .reflect(self.secret_writer)
+            .inspect_ok(move |ev| reads.observe_secret(ev));
+        async move {
+            future::join4(
+                drain(machines),
+                drain(nodes),
+                drain(classes),
+                drain(secrets),
+            )
+            .await;
+        }
+    }
+}
+
+fn subscribe<K>(writer: &Writer<K>) -> impl Stream<Item = Arc<K>> + Send + use<K>
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    writer
+        .subscribe()
+        .expect("shared stores always take subscribers")
+}
+
+/// Hands a deleted object to every deletion subscriber still listening.
+fn announce_deletion<K: Clone>(event: &watcher::Event<K>, to: &[UnboundedSender<Arc<K>>]) {
+    if let watcher::Event::Delete(obj) = event {
+        let obj = Arc::new(obj.clone());
+        for tx in to {
+            // A closed receiver is a controller that stopped: nothing to tell.
+            let _ = tx.unbounded_send(obj.clone());
+        }
+    }
+}
+
+/// Polls a watch to its end; errors are retried by its backoff and logged by
+/// kube.
+async fn drain<S, T, E>(stream: S)
+where
+    S: Stream<Item = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    stream
+        .for_each(|item| {
+            if let Err(e) = item {
+                tracing::warn!(error = %e, "watch error (retried)");
+            }
+            future::ready(())
+        })
+        .await;
+}
+
+/// Drops what no reconcile reads from an object's metadata.
+fn trim_meta(meta: &mut ObjectMeta) {
+    meta.managed_fields = None;
+}
+
+/// What the operator keeps of a Node: metadata (labels, annotations,
+/// taints are edited by merge patches computed from them), spec, and of
+/// the status only conditions and addresses. Images, node info, capacity,
+/// volumes and daemon endpoints are dropped.
+pub fn trim_node(node: &mut Node) {
+    trim_meta(&mut node.metadata);
+    if let Some(status) = node.status.take() {
+        node.status = Some(NodeStatus {
+            conditions: status.conditions,
+            addresses: status.addresses,
+            ..NodeStatus::default()
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_node_keeps_what_reconciles_read_and_loses_the_rest() {
+        let mut node: Node = serde_json::from_value(json!({
+            "metadata": {
+                "name": "ip-1", "labels": {"a": "b"}, "annotations": {"c": "d"},
+                "managedFields": [{"manager": "kubelet", "operation": "Update"}]
+            },
+            "spec": {"providerID": "aws:///eu-west-1a/i-1", "unschedulable": true,
+                     "taints": [{"key": "k", "effect": "NoSchedule"}]},
+            "status": {
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "addresses": [{"type": "InternalIP", "address": "10.0.0.1"}],
+                "images": [{"names": ["registry/image:1"], "sizeBytes": 1}],
+                "nodeInfo": {"architecture": "amd64", "bootID": "", "containerRuntimeVersion": "",
+                             "kernelVersion": "", "kubeProxyVersion": "", "kubeletVersion": "",
+                             "machineID": "", "operatingSystem": "linux", "osImage": "",
+                             "systemUUID": ""},
+                "capacity": {"cpu": "2"}
+            }
+        }))
+        .unwrap();
+        trim_node(&mut node);
+        let v = serde_json::to_value(&node).unwrap();
+        assert_eq!(v["metadata"]["labels"]["a"], "b");
+        assert_eq!(v["metadata"]["annotations"]["c"], "d");
+        assert!(v["metadata"].get("managedFields").is_none());
+        assert_eq!(v["spec"]["providerID"], "aws:///eu-west-1a/i-1");
+        assert_eq!(v["spec"]["taints"][0]["key"], "k");
+        assert_eq!(v["status"]["conditions"][0]["type"], "Ready");
+        assert_eq!(v["status"]["addresses"][0]["address"], "10.0.0.1");
+        assert!(v["status"].get("images").is_none());
+        assert!(v["status"].get("nodeInfo").is_none());
+        assert!(v["status"].get("capacity").is_none());
+    }
+}

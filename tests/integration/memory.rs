@@ -1,0 +1,329 @@
+//! Measurements at scale (`make bench`, `#[ignore]`d): the operator's peak
+//! memory and its steady-state API cost with N Running Machines, each with
+//! an instance and a Node as large as a real one.
+//!
+//! The instances are started by the test (RunInstances with MaxCount, the
+//! class's tags), the Nodes created by it (about 20 container images, the
+//! usual conditions, labels and annotations: ~10 KB of JSON each), and the
+//! Machines name their instance in `spec.providerID`, as after an adoption:
+//! the operator's work is what it does for a running fleet — find each
+//! instance in its batched view, label and record the machine, report it
+//! Running — not launching (see `bench.rs` for that). The kubelet stand-in
+//! is held: the Nodes here are the test's.
+//!
+//! `BENCH_SCALE` (default `1000,10000`) lists the sizes; each runs in its
+//! own namespace and removes its Nodes afterwards.
+
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, stream};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::{Value, json};
+
+use crate::support::ec2::{REGION, ZONE};
+use crate::support::metrics::{kube_requests, sample};
+use crate::support::scenario::{CLASS, Scenario};
+
+/// Production flags: 30 s instance sync, orphan collection every 15 min.
+const FLAGS: &[&str] = &[
+    "--instance-sync-period=30s",
+    "--orphan-collection-interval=15m",
+];
+
+/// How many API requests the test keeps in flight while creating objects.
+const PARALLEL: usize = 32;
+
+#[tokio::test]
+#[ignore = "measurement; run with `make bench`"]
+async fn bench_memory_and_steady_state_at_scale() {
+    let sizes: Vec<usize> = std::env::var("BENCH_SCALE")
+        .unwrap_or_else(|_| "1000,10000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    for n in sizes {
+        measure(n).await;
+    }
+}
+
+async fn measure(n: usize) {
+    let s = Scenario::start_with(&format!("mem{n}"), true, FLAGS).await;
+    s.kubelet.hold_registrations(true);
+    // The first orphan pass runs once the caches synced; the instances come
+    // after it (the next is 15 minutes away, and Machines claim them first).
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let proxy = s.proxy.as_ref().unwrap();
+    let class = s.class_json(CLASS);
+    let spec = &class["providerSpec"];
+
+    let started = Instant::now();
+    let instances = run_instances(&s, spec, n).await;
+    let launched = started.elapsed();
+
+    let nodes: Api<Node> = Api::all(s.client.clone());
+    let node_names: Vec<String> = instances.iter().map(|(_, dns)| dns.clone()).collect();
+    stream::iter(instances.iter().enumerate())
+        .for_each_concurrent(PARALLEL, |(i, (id, dns))| {
+            let nodes = nodes.clone();
+            async move {
+                let node: Node = serde_json::from_value(real_node(dns, id, i)).unwrap();
+                nodes
+                    .create(&PostParams::default(), &node)
+                    .await
+                    .unwrap_or_else(|e| panic!("create node {dns}: {e}"));
+            }
+        })
+        .await;
+    let sample_node = nodes.get(&node_names[0]).await.unwrap();
+    let node_bytes = serde_json::to_vec(&sample_node).unwrap().len();
+    assert!(
+        sample_node
+            .status
+            .as_ref()
+            .and_then(|st| st.images.as_ref())
+            .is_some_and(|i| i.len() == 20),
+        "the API server kept the Node's status as created"
+    );
+
+    let machines = s.machines();
+    stream::iter(instances.iter().enumerate())
+        .for_each_concurrent(PARALLEL, |(i, (id, _))| {
+            let machines = machines.clone();
+            let ns = s.ns.clone();
+            async move {
+                let m = serde_json::from_value(json!({
+                    "apiVersion": "machine.sapcloud.io/v1alpha1", "kind": "Machine",
+                    "metadata": {"name": format!("m{i:05}"), "namespace": ns},
+                    "spec": {"class": {"kind": "MachineClass", "name": CLASS},
+                             "providerID": format!("aws:///{REGION}/{id}")}
+                }))
+                .unwrap();
+                machines
+                    .create(&PostParams::default(), &m)
+                    .await
+                    .unwrap_or_else(|e| panic!("create machine {i}: {e}"));
+            }
+        })
+        .await;
+    let created = started.elapsed();
+
+    let running_series = format!("mcm_machines{{namespace=\"{}\",phase=\"Running\"}}", s.ns);
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let running =
+            s.op.http_get("/metrics")
+                .and_then(|(_, body)| sample(&body, &running_series))
+                .unwrap_or(0.0);
+        if running as usize >= n {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{running} of {n} Running after 30 minutes\n{}",
+            tail(&s.op.log())
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let all_running = started.elapsed();
+    let peak_at_running = peak_rss_kib(&s);
+
+    // Steady state: two minutes with nothing changing.
+    let metrics_before = s.op.http_get("/metrics").unwrap().1;
+    proxy.reset_counts();
+    let window = Duration::from_secs(120);
+    tokio::time::sleep(window).await;
+    let ec2_calls = proxy.total_calls();
+    let metrics_after = s.op.http_get("/metrics").unwrap().1;
+    let minutes = window.as_secs_f64() / 60.0;
+    let before = kube_requests(&metrics_before);
+    let requests: f64 = kube_requests(&metrics_after)
+        .iter()
+        .map(|(k, v)| v - before.get(k).copied().unwrap_or(0.0))
+        .sum();
+    let peak = peak_rss_kib(&s);
+    let current = current_rss_kib(&s);
+
+    println!(
+        "BENCH scale {n}: {n} instances started in {launched:?}, Nodes (~{node_bytes} bytes each) and Machines created after {created:?}, all Running after {all_running:?}"
+    );
+    println!(
+        "BENCH scale {n}: operator peak RSS {:.1} MiB (at all Running {:.1} MiB), current {:.1} MiB",
+        peak as f64 / 1024.0,
+        peak_at_running as f64 / 1024.0,
+        current as f64 / 1024.0
+    );
+    println!(
+        "BENCH scale {n}: steady state {:.1} EC2 calls/min ({:?}), {:.1} Kubernetes API requests/min",
+        ec2_calls as f64 / minutes,
+        proxy.calls(),
+        requests / minutes
+    );
+
+    // Leave no Nodes for the next size (the Machines go with the namespace;
+    // the operator dies with the scenario first, so their instances stay in
+    // this test's moto namespace).
+    drop(s);
+    stream::iter(node_names)
+        .for_each_concurrent(PARALLEL, |name| {
+            let nodes = nodes.clone();
+            async move {
+                let _ = nodes.delete(&name, &DeleteParams::default()).await;
+            }
+        })
+        .await;
+}
+
+/// Starts `n` instances as the class describes (its tags included, so the
+/// operator has nothing to tag), 500 per call; their IDs and private DNS
+/// names.
+async fn run_instances(s: &Scenario, spec: &Value, n: usize) -> Vec<(String, String)> {
+    use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+    let mut tags = TagSpecification::builder().resource_type(ResourceType::Instance);
+    for (k, v) in spec["tags"].as_object().unwrap() {
+        tags = tags.tags(Tag::builder().key(k).value(v.as_str().unwrap()).build());
+    }
+    // A Machine-UID tag key puts the instances in the operator's batched
+    // view, as its own launches are.
+    tags = tags.tags(
+        Tag::builder()
+            .key(mcm_provider_aws::aws::tags::MACHINE_UID_TAG)
+            .value("adopted")
+            .build(),
+    );
+    let tags = tags.build();
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let count = (n - out.len()).min(500) as i32;
+        let resp = s
+            .ec2
+            .run_instances()
+            .image_id(spec["ami"].as_str().unwrap())
+            .instance_type(aws_sdk_ec2::types::InstanceType::M5Large)
+            .subnet_id(&s.net.subnet_id)
+            .min_count(count)
+            .max_count(count)
+            .tag_specifications(tags.clone())
+            .send()
+            .await
+            .expect("RunInstances");
+        for i in resp.instances() {
+            out.push((
+                i.instance_id().unwrap().to_string(),
+                i.private_dns_name().unwrap().to_string(),
+            ));
+        }
+    }
+    out
+}
+
+/// A Node shaped like a real kubelet's: labels, annotations, taints, five
+/// conditions, addresses, capacity, node info and 20 container images.
+fn real_node(name: &str, instance: &str, i: usize) -> Value {
+    let images: Vec<Value> = (0..20)
+        .map(|k| {
+            json!({
+                "names": [
+                    format!("registry.k8s.io/component-{k}@sha256:{:064x}", k * 7919 + i),
+                    format!("registry.k8s.io/component-{k}:v1.{k}.{i}"),
+                ],
+                "sizeBytes": 10_000_000 + k * 1_000_000
+            })
+        })
+        .collect();
+    let condition = |t: &str, status: &str, reason: &str, message: &str| {
+        json!({"type": t, "status": status, "reason": reason, "message": message,
+               "lastHeartbeatTime": "2026-12-01T10:00:00Z",
+               "lastTransitionTime": "2026-12-01T09:00:00Z"})
+    };
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": {
+                "beta.kubernetes.io/arch": "amd64", "beta.kubernetes.io/os": "linux",
+                "beta.kubernetes.io/instance-type": "m5.large",
+                "failure-domain.beta.kubernetes.io/region": REGION,
+                "failure-domain.beta.kubernetes.io/zone": ZONE,
+                "kubernetes.io/arch": "amd64", "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "node.kubernetes.io/instance-type": "m5.large",
+                "topology.kubernetes.io/region": REGION, "topology.kubernetes.io/zone": ZONE,
+                "topology.ebs.csi.aws.com/zone": ZONE,
+                "worker.gardener.cloud/pool": "pool-a",
+                "worker.gardener.cloud/system-components": "true",
+                "networking.gardener.cloud/node-local-dns-enabled": "true"
+            },
+            "annotations": {
+                "node.alpha.kubernetes.io/ttl": "0",
+                "volumes.kubernetes.io/controller-managed-attach-detach": "true",
+                "csi.volume.kubernetes.io/nodeid": format!("{{\"ebs.csi.aws.com\":\"{instance}\"}}"),
+                "node.machine.sapcloud.io/last-applied-anno-labels-taints": "{\"metadata\":{\"labels\":{\"worker.gardener.cloud/pool\":\"pool-a\"}}}",
+                "projectcalico.org/IPv4Address": "10.250.0.10/19",
+                "checksum/cloud-config-data": format!("{:064x}", i)
+            }
+        },
+        "spec": {
+            "providerID": format!("aws:///{ZONE}/{instance}"),
+            "podCIDR": "100.96.0.0/24", "podCIDRs": ["100.96.0.0/24"],
+            "taints": [{"key": "node.example.com/dedicated", "value": "pool-a", "effect": "NoSchedule"}]
+        },
+        "status": {
+            "conditions": [
+                condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+                condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+                condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+                condition("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+                condition("NetworkUnavailable", "False", "CalicoIsUp", "Calico is running on this node")
+            ],
+            "addresses": [
+                {"type": "InternalIP", "address": "10.250.0.10"},
+                {"type": "InternalDNS", "address": name},
+                {"type": "Hostname", "address": name}
+            ],
+            "capacity": {"cpu": "2", "memory": "7941076Ki", "pods": "110", "ephemeral-storage": "50620216Ki", "hugepages-1Gi": "0", "hugepages-2Mi": "0"},
+            "allocatable": {"cpu": "1920m", "memory": "6708180Ki", "pods": "110", "ephemeral-storage": "49243193270", "hugepages-1Gi": "0", "hugepages-2Mi": "0"},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "nodeInfo": {
+                "architecture": "amd64", "bootID": format!("{:032x}", i),
+                "containerRuntimeVersion": "containerd://1.7.27", "kernelVersion": "6.6.87",
+                "kubeProxyVersion": "", "kubeletVersion": "v1.33.1",
+                "machineID": format!("{:032x}", i + 1), "operatingSystem": "linux",
+                "osImage": "Garden Linux 1592.9", "systemUUID": format!("ec2{:029x}", i)
+            },
+            "images": images,
+            "volumesInUse": ["kubernetes.io/csi/ebs.csi.aws.com^vol-0123456789abcdef0"],
+            "volumesAttached": [{"name": "kubernetes.io/csi/ebs.csi.aws.com^vol-0123456789abcdef0", "devicePath": ""}]
+        }
+    })
+}
+
+/// A value of the operator's /proc status in KiB (`VmHWM`, `VmRSS`).
+fn proc_status_kib(s: &Scenario, field: &str) -> u64 {
+    let pid = s.op.pid().expect("the operator runs");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+fn peak_rss_kib(s: &Scenario) -> u64 {
+    proc_status_kib(s, "VmHWM:")
+}
+
+fn current_rss_kib(s: &Scenario) -> u64 {
+    proc_status_kib(s, "VmRSS:")
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
