@@ -54,6 +54,7 @@ async fn measure(n: usize) {
     // after it (the next is 15 minutes away, and Machines claim them first).
     tokio::time::sleep(Duration::from_secs(10)).await;
     let proxy = s.proxy.as_ref().unwrap();
+    let idle = current_rss_kib(&s);
     let class = s.class_json(CLASS);
     let spec = &class["providerSpec"];
 
@@ -148,10 +149,11 @@ async fn measure(n: usize) {
         "BENCH scale {n}: {n} instances started in {launched:?}, Nodes (~{node_bytes} bytes each) and Machines created after {created:?}, all Running after {all_running:?}"
     );
     println!(
-        "BENCH scale {n}: operator peak RSS {:.1} MiB (at all Running {:.1} MiB), current {:.1} MiB",
+        "BENCH scale {n}: operator peak RSS {:.1} MiB (at all Running {:.1} MiB), current {:.1} MiB, idle before any object {:.1} MiB",
         peak as f64 / 1024.0,
         peak_at_running as f64 / 1024.0,
-        current as f64 / 1024.0
+        current as f64 / 1024.0,
+        idle as f64 / 1024.0
     );
     println!(
         "BENCH scale {n}: steady state {:.1} EC2 calls/min ({:?}), {:.1} Kubernetes API requests/min",

@@ -18,6 +18,7 @@
 pub mod autoscaler;
 pub mod census;
 pub mod drift;
+pub mod expectations;
 pub mod in_place;
 pub mod machine_deployment;
 pub mod machine_set;

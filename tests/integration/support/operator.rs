@@ -23,7 +23,13 @@ use super::ec2::REGION;
 use super::{child_command, env};
 
 /// The operator binary Cargo built for this test run.
-const BINARY: &str = env!("CARGO_BIN_EXE_machine-controller");
+const BUILT: &str = env!("CARGO_BIN_EXE_machine-controller");
+
+/// The operator binary to run: `MCM_OPERATOR_BINARY` when set (`make bench`
+/// measures the release build with it), else the one built for the tests.
+fn binary() -> String {
+    std::env::var("MCM_OPERATOR_BINARY").unwrap_or_else(|_| BUILT.to_string())
+}
 
 /// A running (or killed) operator process; see the module docs.
 pub struct Operator {
@@ -126,10 +132,11 @@ impl Operator {
         args.extend(self.extra_args.iter().cloned());
         let _ = writeln!(
             log,
-            "=== test harness: starting {BINARY} {}",
+            "=== test harness: starting {} {}",
+            binary(),
             args.join(" ")
         );
-        let mut cmd = child_command(BINARY);
+        let mut cmd = child_command(&binary());
         cmd.args(&args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("AWS_ENDPOINT_URL_EC2", &self.ec2_endpoint)
@@ -154,7 +161,7 @@ impl Operator {
             .stderr(Stdio::from(log));
         let child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("start {BINARY}: {e}"));
+            .unwrap_or_else(|e| panic!("start {}: {e}", binary()));
         self.child = Some(child);
     }
 
