@@ -136,7 +136,7 @@ impl Operator {
             binary(),
             args.join(" ")
         );
-        let mut cmd = child_command(&binary());
+        let mut cmd = child_command(binary());
         cmd.args(&args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("AWS_ENDPOINT_URL_EC2", &self.ec2_endpoint)
