@@ -181,12 +181,7 @@ async fn orphaned_instances_are_terminated_and_others_left_alone() {
         || s.op.log(),
     )
     .await;
-    let live: Vec<String> = s
-        .live_instances()
-        .await
-        .iter()
-        .filter_map(|i| i.instance_id().map(String::from))
-        .collect();
+    let live = s.live_instance_ids().await;
     assert!(
         live.contains(&no_role),
         "an instance without the role tag is not ours to collect"

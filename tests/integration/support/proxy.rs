@@ -34,6 +34,14 @@
 //!    `IdempotentParameterMismatch` (HTTP 400). Tokens seen while the switch
 //!    is on are remembered for the proxy's lifetime (while it is off,
 //!    repeats simply go to moto, which ignores tokens).
+//! 4. `shutting-down` ([`ProxyBehaviour::shutting_down`], see
+//!    `proxy/shutting_down.rs`): for the given time after a TerminateInstances,
+//!    DescribeInstances reports its instances `shutting-down` (moto says
+//!    `terminated` at once).
+//!
+//! **Holds** ([`FaultProxy::hold_next`], see `proxy/hold.rs`): the next
+//! request of an action that matches waits until the test releases it, so
+//! that a test can act between two steps of the operator's.
 //!
 //! ```ignore
 //! let proxy = FaultProxy::start_with(moto_url, ProxyBehaviour::default()
@@ -54,10 +62,12 @@
 
 mod client;
 mod consistency;
+mod hold;
 mod http;
 mod idempotency;
 mod query;
 mod quota;
+mod shutting_down;
 mod stats;
 mod xml;
 
@@ -70,11 +80,14 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use self::consistency::{Unseen, not_found};
+pub use self::hold::Held;
+use self::hold::Pending;
 use self::http::{Request, Response, forward, read_request};
 use self::idempotency::{ClientTokens, Launch, Repeat};
-use self::query::Ec2Request;
+pub use self::query::Ec2Request;
 pub use self::quota::QuotaConfig;
 use self::quota::Quotas;
+use self::shutting_down::ShuttingDown;
 pub use self::stats::ProxyStats;
 
 /// What to do with a request.
@@ -131,6 +144,9 @@ pub struct ProxyBehaviour {
     pub consistency_window: Option<Duration>,
     /// EC2's request and resource token buckets.
     pub quotas: Option<QuotaConfig>,
+    /// How long terminated instances report `shutting-down` (see
+    /// `proxy/shutting_down.rs`).
+    pub shutting_down: Option<Duration>,
 }
 
 impl ProxyBehaviour {
@@ -166,6 +182,13 @@ impl ProxyBehaviour {
             ..self
         }
     }
+
+    pub fn with_shutting_down(self, lasts: Duration) -> ProxyBehaviour {
+        ProxyBehaviour {
+            shutting_down: Some(lasts),
+            ..self
+        }
+    }
 }
 
 #[derive(Default)]
@@ -177,6 +200,9 @@ struct State {
     quotas: Option<Quotas>,
     tokens: ClientTokens,
     unseen: Unseen,
+    shutting_down: ShuttingDown,
+    /// Requests to hold, first match first ([`FaultProxy::hold_next`]).
+    holds: Vec<Pending>,
 }
 
 /// A running proxy; stops when dropped.
@@ -281,6 +307,24 @@ impl FaultProxy {
         self.calls().values().sum()
     }
 
+    /// Holds the next request of `action` for which `matches` is true (after
+    /// the fault rules, before everything else) until the returned handle
+    /// releases it or is dropped.
+    pub fn hold_next(&self, action: &'static str, matches: fn(&Ec2Request) -> bool) -> Held {
+        let (pending, held) = hold::hold(action, matches);
+        self.state.lock().unwrap().holds.push(pending);
+        held
+    }
+
+    /// Instances that report `shutting-down` now.
+    pub fn shutting_down(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .shutting_down
+            .count(Instant::now())
+    }
+
     /// Zeroes the counters (not the tokens, buckets or consistency windows).
     pub fn reset_counts(&self) {
         self.state.lock().unwrap().stats = ProxyStats::default();
@@ -357,6 +401,14 @@ async fn answer(
     ec2: &Ec2Request,
     state: &Mutex<State>,
 ) -> std::io::Result<Response> {
+    let held = {
+        let mut s = state.lock().unwrap();
+        let at = s.holds.iter().position(|h| h.matches(ec2));
+        at.map(|i| s.holds.remove(i))
+    };
+    if let Some(held) = held {
+        held.wait().await;
+    }
     let client_tokens = {
         let mut s = state.lock().unwrap();
         if let Some(early) = s.answer_here(ec2, Instant::now()) {
@@ -398,7 +450,13 @@ async fn forward_and_learn(
     state: &Mutex<State>,
 ) -> std::io::Result<Response> {
     let response = forward(upstream, request).await?;
-    Ok(state.lock().unwrap().learn(ec2, response, Instant::now()))
+    let now = Instant::now();
+    let mut s = state.lock().unwrap();
+    let response = s.learn(ec2, response, now);
+    Ok(match s.behaviour.shutting_down {
+        Some(lasts) => s.shutting_down.view(ec2, response, now + lasts, now),
+        None => response,
+    })
 }
 
 impl State {

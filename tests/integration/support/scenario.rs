@@ -488,6 +488,15 @@ impl Scenario {
         ec2::live_instances_of_namespace(&self.ec2, &self.ns).await
     }
 
+    /// IDs of the live instances of this namespace in moto.
+    pub async fn live_instance_ids(&self) -> Vec<String> {
+        self.live_instances()
+            .await
+            .iter()
+            .filter_map(|i| i.instance_id().map(String::from))
+            .collect()
+    }
+
     pub fn name_of(m: &Machine) -> String {
         m.name_any()
     }

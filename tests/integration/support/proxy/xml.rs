@@ -163,6 +163,40 @@ pub fn without_instances(xml: &str, hide: impl Fn(&str) -> bool) -> Option<(Stri
     Some((out, removed))
 }
 
+/// A `DescribeInstancesResponse` in which the instances for which `pick`
+/// is true report state `code`/`name` (e.g. 32, `shutting-down`). Returns
+/// the new document and how many instances were rewritten.
+pub fn with_state(
+    xml: &str,
+    pick: impl Fn(&str) -> bool,
+    code: u16,
+    name: &str,
+) -> Option<(String, usize)> {
+    let root = root(xml)?;
+    let reservations = child(xml, &root, "reservationSet")?;
+    let mut states: Vec<Range<usize>> = Vec::new();
+    for reservation in items(xml, &reservations)? {
+        let Some(set) = child(xml, &reservation, "instancesSet") else {
+            continue;
+        };
+        for instance in items(xml, &set)? {
+            if pick(instance_id(xml, &instance)?) {
+                states.push(child(xml, &instance, "instanceState")?.inner);
+            }
+        }
+    }
+    let state = format!("<code>{code}</code><name>{name}</name>");
+    let mut out = String::with_capacity(xml.len());
+    let mut pos = 0;
+    for range in &states {
+        out.push_str(&xml[pos..range.start]);
+        out.push_str(&state);
+        pos = range.end;
+    }
+    out.push_str(&xml[pos..]);
+    Some((out, states.len()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,5 +308,18 @@ mod tests {
                    <item><instanceId> i-1 </instanceId></item><item><instanceId>i-2</instanceId>\
                    </item></instancesSet></R>";
         assert_eq!(launched_instances(xml).unwrap(), ["i-1", "i-2"]);
+    }
+
+    #[test]
+    fn chosen_instances_report_another_state() {
+        let (out, n) = with_state(DESCRIBE, |id| id == SINGLE, 32, "shutting-down").unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(described(&out), described(DESCRIBE), "every instance stays");
+        assert_eq!(out.matches("<name>shutting-down</name>").count(), 1);
+        assert!(out.contains(&format!(
+            "<instanceId>{SINGLE}</instanceId><imageId>ami-03cf127a</imageId><instanceState><code>32</code><name>shutting-down</name></instanceState>"
+        )));
+        let (same, none) = with_state(DESCRIBE, |_| false, 32, "shutting-down").unwrap();
+        assert_eq!((same.as_str(), none), (DESCRIBE, 0));
     }
 }
