@@ -115,25 +115,38 @@ pub(super) async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
     // lost in a crash) take the class as it is now as their baseline.
     let recorded = launch_record(m, &resolved);
     ensure_identity(m, ctx, &instance, &region, &recorded).await?;
-    let mut failed_update = None;
+    let mut tags = None;
     if !instance.state.is_gone() {
         // Tags are bookkeeping: a refused CreateTags/DeleteTags (e.g. a
-        // policy without ec2:CreateTags) is reported (Event, lastOperation),
-        // and health checks and phases go on.
-        if let Err(e) = sync_tags(m, ctx, &resolved, &handle, &instance, &recorded).await {
-            warn!(machine = %m.name_any(), error = %e, "could not update the instance's tags");
-            let description = format!("Updating the tags of instance {} failed: {e}", instance.id);
-            publish(
-                ctx,
-                m,
-                EventType::Warning,
-                "TagsFailed",
-                "Update",
-                description.clone(),
-            )
-            .await;
-            failed_update = Some((description, e.mcm_code()));
-        }
+        // policy without ec2:CreateTags) is reported (condition, Event,
+        // lastOperation), and health checks and phases go on.
+        tags = Some(
+            match sync_tags(m, ctx, &resolved, &handle, &instance, &recorded).await {
+                Ok(()) => TagSync::Applied,
+                Err(e) => {
+                    warn!(machine = %m.name_any(), error = %e, "could not update the instance's tags");
+                    let description =
+                        format!("Updating the tags of instance {} failed: {e}", instance.id);
+                    publish(
+                        ctx,
+                        m,
+                        EventType::Warning,
+                        "TagsFailed",
+                        "Update",
+                        description.clone(),
+                    )
+                    .await;
+                    TagSync::Failed {
+                        call: match &e {
+                            Error::Ec2(e) => e.operation,
+                            _ => "Update",
+                        },
+                        description,
+                        code: e.mcm_code(),
+                    }
+                }
+            },
+        );
         if instance.state == InstanceState::Running {
             let post_launch =
                 ensure_post_launch(ctx, &handle, &instance, &resolved.class.provider_spec).await;
@@ -148,7 +161,37 @@ pub(super) async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
     }
     tend_node(m, ctx, &instance).await;
     let drift = drift_condition(m, &resolved, &recorded);
-    observe(m, ctx, Some(&instance), &region, Some(drift), failed_update).await
+    observe(m, ctx, Some(&instance), &region, Some(drift), tags).await
+}
+
+/// How this pass's in-place tag update went (see [`sync_tags`]).
+pub(super) enum TagSync {
+    /// The class's tags are on the instance (nothing to do, or done).
+    Applied,
+    /// `call` (`CreateTags`, `DeleteTags`, the lookup of the attached
+    /// resources) failed; `description` and the MCM `code` go to
+    /// `lastOperation`.
+    Failed {
+        call: &'static str,
+        description: String,
+        code: &'static str,
+    },
+}
+
+impl TagSync {
+    /// `(status, reason, message)` of the TagsApplied condition.
+    pub(super) fn condition(&self) -> (&'static str, String, String) {
+        match self {
+            TagSync::Applied => (
+                "True",
+                "Applied".into(),
+                "The MachineClass's tags are on the instance".into(),
+            ),
+            TagSync::Failed {
+                call, description, ..
+            } => ("False", format!("{call}Failed"), description.clone()),
+        }
+    }
 }
 
 /// What the machine owes its Node (see [`crate::controller::node`]): the

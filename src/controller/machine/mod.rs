@@ -54,6 +54,10 @@ pub const FINALIZER: &str = "machine.sapcloud.io/machine-controller-manager";
 pub const PLACEMENT_ANNOTATION: &str = "machine.sapcloud.io/awsPlacement";
 /// Condition type we add to `status.conditions` for configuration problems.
 pub const CONDITION_CONFIG_VALID: &str = "MachineConfigurationValid";
+/// Condition type we add to `status.conditions`: whether the class's tags
+/// are on the instance (False, with the refused call as reason, while
+/// CreateTags/DeleteTags fail; the machine goes on regardless).
+pub const CONDITION_TAGS_APPLIED: &str = "TagsApplied";
 
 const RECHECK_SOON: Duration = Duration::from_secs(5);
 

@@ -14,9 +14,10 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 
+use super::apply::TagSync;
 use super::phase;
 use super::phase::{InstanceHealth, NodeHealth, Timeouts};
-use super::{CONDITION_CONFIG_VALID, entered};
+use super::{CONDITION_CONFIG_VALID, CONDITION_TAGS_APPLIED, entered};
 use crate::api::machine::{Machine, MachineStatus, NODE_LABEL};
 use crate::api::shared::{
     CurrentStatus, LastOperation, MachineOperationType, MachinePhase, MachineState,
@@ -156,8 +157,14 @@ pub(super) async fn observe(
     instance: Option<&InstanceInfo>,
     _region: &str,
     drift: Option<(&'static str, &'static str, String)>,
-    failed_update: Option<(String, &'static str)>,
+    tags: Option<TagSync>,
 ) -> Result<Action> {
+    let failed_update = match &tags {
+        Some(TagSync::Failed {
+            description, code, ..
+        }) => Some((description.clone(), *code)),
+        _ => None,
+    };
     let node = instance.and_then(|i| node_for(ctx, m, i));
     let created = m
         .creation_timestamp()
@@ -240,7 +247,13 @@ pub(super) async fn observe(
         .as_ref()
         .filter(|(status, _, _)| *status == "True")
         .map(|(_, _, message)| message.clone());
-    status.conditions = merged_conditions(&old.conditions, node.as_deref(), None, drift);
+    status.conditions = merged_conditions(
+        &old.conditions,
+        node.as_deref(),
+        None,
+        drift,
+        tags.as_ref().map(TagSync::condition),
+    );
     status.observed_generation = m.metadata.generation;
     // The last addresses EC2 showed stay when it shows none (terminated).
     if let Some(addresses) = instance
@@ -290,15 +303,20 @@ pub(super) async fn observe(
 
 /// Node conditions copied from the Node (without heartbeat times, which would
 /// rewrite the status on every kubelet heartbeat) plus our own configuration
-/// condition and, when `drift` is given, the Drifted condition (else the
-/// previous one is kept).
+/// condition and, when `drift` (`tags`) is given, the Drifted (TagsApplied)
+/// condition, else the previous one is kept.
 pub(super) fn merged_conditions(
     old: &[NodeCondition],
     node: Option<&Node>,
     config_problem: Option<&str>,
     drift: Option<(&'static str, &'static str, String)>,
+    tags: Option<(&'static str, String, String)>,
 ) -> Vec<NodeCondition> {
-    let ours = [CONDITION_CONFIG_VALID, CONDITION_DRIFTED];
+    let ours = [
+        CONDITION_CONFIG_VALID,
+        CONDITION_DRIFTED,
+        CONDITION_TAGS_APPLIED,
+    ];
     let mut out: Vec<NodeCondition> = node
         .and_then(|n| n.status.as_ref())
         .and_then(|s| s.conditions.clone())
@@ -337,6 +355,20 @@ pub(super) fn merged_conditions(
             ));
         }
         None => out.extend(old.iter().find(|c| c.type_ == CONDITION_DRIFTED).cloned()),
+    }
+    match tags {
+        Some((status, reason, message)) => out.push(stable_condition(
+            old,
+            CONDITION_TAGS_APPLIED,
+            status,
+            &reason,
+            message,
+        )),
+        None => out.extend(
+            old.iter()
+                .find(|c| c.type_ == CONDITION_TAGS_APPLIED)
+                .cloned(),
+        ),
     }
     out
 }
@@ -416,8 +448,13 @@ pub(super) async fn report_failure(
                 entered(&old.current_status, MachinePhase::CrashLoopBackOff, true);
         }
     }
-    status.conditions =
-        merged_conditions(&old.conditions, None, invalid.then_some(description), None);
+    status.conditions = merged_conditions(
+        &old.conditions,
+        None,
+        invalid.then_some(description),
+        None,
+        None,
+    );
     write_status(m, ctx, &old, status).await?;
     if !same {
         publish(
@@ -487,14 +524,14 @@ mod tests {
     #[test]
     fn drifted_condition_is_kept_between_passes_and_moves_only_on_change() {
         let drifted = || Some(("True", "ProviderSpecChanged", "ami changed".to_string()));
-        let first = merged_conditions(&[], None, None, drifted());
+        let first = merged_conditions(&[], None, None, drifted(), None);
         let c = first.iter().find(|c| c.type_ == CONDITION_DRIFTED).unwrap();
         assert_eq!(c.status, "True");
         // A pass that does not look at drift (a failure report) keeps it.
-        let kept = merged_conditions(&first, None, Some("bad"), None);
+        let kept = merged_conditions(&first, None, Some("bad"), None, None);
         assert_eq!(kept.iter().find(|c| c.type_ == CONDITION_DRIFTED), Some(c));
         // Same drift again: the very same condition, timestamps included.
-        let again = merged_conditions(&kept, None, None, drifted());
+        let again = merged_conditions(&kept, None, None, drifted(), None);
         assert_eq!(again.iter().find(|c| c.type_ == CONDITION_DRIFTED), Some(c));
         assert_eq!(
             again
@@ -521,11 +558,11 @@ mod tests {
     fn copied_node_conditions_drop_heartbeats_and_keep_config_condition_stable() {
         let n = node(json!({"metadata": {"name": "n"}, "status": {"conditions": [
             {"type": "Ready", "status": "True", "lastHeartbeatTime": "2026-01-01T00:00:00Z"}]}}));
-        let first = merged_conditions(&[], Some(&n), None, None);
+        let first = merged_conditions(&[], Some(&n), None, None, None);
         assert!(first.iter().all(|c| c.last_heartbeat_time.is_none()));
-        let second = merged_conditions(&first, Some(&n), None, None);
+        let second = merged_conditions(&first, Some(&n), None, None, None);
         assert_eq!(first, second, "a second pass changes nothing");
-        let invalid = merged_conditions(&second, Some(&n), Some("bad"), None);
+        let invalid = merged_conditions(&second, Some(&n), Some("bad"), None, None);
         let c = invalid
             .iter()
             .find(|c| c.type_ == CONDITION_CONFIG_VALID)
@@ -533,6 +570,40 @@ mod tests {
         assert_eq!(
             (c.status.as_str(), c.message.as_deref()),
             ("False", Some("bad"))
+        );
+    }
+
+    #[test]
+    fn a_refused_tag_update_is_a_false_condition_until_the_tags_apply() {
+        let refused = TagSync::Failed {
+            call: "CreateTags",
+            description: "Updating the tags of instance i-1 failed: denied".into(),
+            code: "PermissionDenied",
+        };
+        let failed = merged_conditions(&[], None, None, None, Some(refused.condition()));
+        let c = failed
+            .iter()
+            .find(|c| c.type_ == CONDITION_TAGS_APPLIED)
+            .unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_deref()),
+            ("False", Some("CreateTagsFailed"))
+        );
+        // A pass that does not touch tags (a failure report) keeps it.
+        let kept = merged_conditions(&failed, None, Some("bad"), None, None);
+        assert_eq!(
+            kept.iter().find(|c| c.type_ == CONDITION_TAGS_APPLIED),
+            Some(c)
+        );
+        let applied =
+            merged_conditions(&kept, None, None, None, Some(TagSync::Applied.condition()));
+        let c = applied
+            .iter()
+            .find(|c| c.type_ == CONDITION_TAGS_APPLIED)
+            .unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_deref()),
+            ("True", Some("Applied"))
         );
     }
 }
