@@ -70,6 +70,12 @@ struct Cli {
     #[arg(long, env = "MCM_MACHINE_PV_DETACH_TIMEOUT", default_value = "2m", value_parser = duration)]
     machine_pv_detach_timeout: Duration,
 
+    /// A deletion whose instance is still shutting-down this long after the
+    /// Machine's deletion is reported (lastOperation, Warning Event); the
+    /// finalizer still waits for EC2 to say terminated.
+    #[arg(long, env = "MCM_MACHINE_TERMINATION_REPORT_AFTER", default_value = "15m", value_parser = duration)]
+    machine_termination_report_after: Duration,
+
     /// Node condition types that make a machine unhealthy when True (comma-separated).
     #[arg(
         long,
@@ -361,6 +367,7 @@ async fn reconcile(
         health_timeout: cli.machine_health_timeout,
         drain_timeout: cli.machine_drain_timeout,
         pv_detach_timeout: cli.machine_pv_detach_timeout,
+        termination_report_after: cli.machine_termination_report_after,
         node_conditions: cli.node_conditions,
         instance_sync_period: cli.instance_sync_period,
         orphan_collection_interval: cli.orphan_collection_interval,
@@ -464,6 +471,10 @@ mod tests {
         assert_eq!(cli.machine_health_timeout, Duration::from_secs(600));
         assert_eq!(cli.machine_drain_timeout, Duration::from_secs(7200));
         assert_eq!(cli.machine_pv_detach_timeout, Duration::from_secs(120));
+        assert_eq!(
+            cli.machine_termination_report_after,
+            Duration::from_secs(900)
+        );
         assert_eq!(cli.orphan_collection_interval, Duration::from_secs(900));
         assert_eq!(cli.node_conditions.len(), 4);
         assert_eq!(

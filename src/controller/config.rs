@@ -28,6 +28,10 @@ pub struct ControllerConfig {
     /// Termination waits at most this long for the Node's VolumeAttachments
     /// to go (MCM's `--machine-pv-detach-timeout`: 2m).
     pub pv_detach_timeout: Duration,
+    /// A deletion whose instance is still `shutting-down` this long after
+    /// the Machine's deletion is reported as failing (and goes on waiting
+    /// for `terminated`).
+    pub termination_report_after: Duration,
     /// Node condition types that make a machine unhealthy when `True`.
     pub node_conditions: Vec<String>,
     /// How often a Running machine re-reads its instance from the shared,
@@ -54,6 +58,7 @@ impl Default for ControllerConfig {
             drain_timeout: Duration::from_secs(2 * 3600),
             force_drain_not_ready_after: Duration::from_secs(5 * 60),
             pv_detach_timeout: Duration::from_secs(2 * 60),
+            termination_report_after: Duration::from_secs(15 * 60),
             node_conditions: DEFAULT_NODE_CONDITIONS
                 .iter()
                 .map(|s| s.to_string())

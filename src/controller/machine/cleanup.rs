@@ -19,7 +19,7 @@ use super::drain::DrainProgress;
 use super::drain_clock::{DrainClock, DrainTimes, may_leave_lingering};
 use super::launch_record::LaunchRecord;
 use super::observe::{node_belongs, node_by_name, report_failure, write_status};
-use super::{RECHECK_SOON, entered, resolve};
+use super::{RECHECK_SOON, entered, humantime_minutes, resolve};
 use crate::api::machine::{Machine, NODE_LABEL};
 use crate::api::shared::{LastOperation, MachineOperationType, MachinePhase, MachineState};
 use crate::aws::errors::ErrorClass;
@@ -394,12 +394,12 @@ pub(super) async fn wait_for_detach(m: &Machine, ctx: &Context, node: &str) -> R
 
 /// How often a Machine whose instance is `shutting-down` looks again.
 pub(super) const SHUTTING_DOWN_RECHECK: Duration = Duration::from_secs(10);
-/// EC2 normally finishes terminating within minutes; past this (counted
-/// from the Machine's deletion) the wait is reported as a failure, and goes on.
-pub(super) const SHUTTING_DOWN_REPORT_AFTER: Duration = Duration::from_secs(15 * 60);
 
 /// Describes the wait for `shutting-down` instances, as progress at first and
-/// as a failure (Warning Event) once it has taken unusually long.
+/// as a failure (Warning Event) once it has taken unusually long: EC2
+/// normally finishes terminating within minutes; past
+/// `--machine-termination-report-after` (counted from the Machine's
+/// deletion) the wait is reported, and goes on.
 pub(super) async fn wait_for_shutting_down(m: &Machine, ctx: &Context, ids: &[&str]) -> Result<()> {
     let waited = m
         .metadata
@@ -407,7 +407,8 @@ pub(super) async fn wait_for_shutting_down(m: &Machine, ctx: &Context, ids: &[&s
         .as_ref()
         .and_then(|t| Duration::try_from(Timestamp::now().duration_since(t.0)).ok())
         .unwrap_or_default();
-    if waited < SHUTTING_DOWN_REPORT_AFTER {
+    let report_after = ctx.config.termination_report_after;
+    if waited < report_after {
         let step = format!(
             "Waiting for EC2 to finish terminating {} (shutting-down)",
             ids.join(", ")
@@ -415,10 +416,14 @@ pub(super) async fn wait_for_shutting_down(m: &Machine, ctx: &Context, ids: &[&s
         return mark_terminating(m, ctx, &step).await;
     }
     let description = format!(
-        "Instance(s) {} still shutting-down {} minutes after the deletion; \
+        "Instance(s) {} still shutting-down {} after the deletion; \
          waiting for EC2 to report them terminated before the finalizer is removed",
         ids.join(", "),
-        SHUTTING_DOWN_REPORT_AFTER.as_secs() / 60
+        if report_after.as_secs().is_multiple_of(60) {
+            humantime_minutes(report_after)
+        } else {
+            format!("{}s", report_after.as_secs())
+        }
     );
     report_failure(
         m,
