@@ -6,13 +6,18 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::NodeCondition;
 use kube::ResourceExt;
-use kube::api::DeleteParams;
+use kube::api::{DeleteParams, PostParams};
+use mcm_provider_aws::api::machine::Machine;
 use mcm_provider_aws::api::shared::MachinePhase;
+use mcm_provider_aws::aws::tags::{MACHINE_NAME_TAG, MACHINE_UID_TAG};
+use mcm_provider_aws::controller::machine::CONDITION_TAGS_APPLIED;
 use mcm_provider_aws::controller::machine::launch_record::{LAUNCH_ANNOTATION, LaunchRecord};
 
 use crate::support::ec2;
-use crate::support::proxy::ProxyBehaviour;
+use crate::support::fixtures::machine;
+use crate::support::proxy::{Ec2Request, Fault, ProxyBehaviour, Rule};
 use crate::support::scenario::{CLASS, Scenario};
 use crate::support::wait::eventually_or;
 
@@ -165,18 +170,20 @@ async fn an_invalid_class_edit_blocks_neither_health_nor_deletion() {
     assert!(s.live_instances().await.is_empty());
 }
 
-/// A refused CreateTags (a policy without ec2:CreateTags) is reported, and
-/// the machine goes on being watched and can be deleted.
+/// A refused CreateTags (a policy without ec2:CreateTags) is reported (a
+/// Warning Event, the TagsApplied condition False naming the call), the
+/// machine goes on being watched, the condition clears once the tags go on,
+/// and the machine can be deleted.
 #[tokio::test]
 async fn refused_tag_updates_are_reported_and_do_not_stop_the_machine() {
     let s = Scenario::start_with("tagdeny", true, &[]).await;
     let proxy = s.proxy.as_ref().unwrap();
     s.create_machine("t1").await;
     s.wait_phase("t1", MachinePhase::Running, 2 * MINUTE).await;
-    proxy.set_rules(vec![crate::support::proxy::Rule::on(
+    proxy.set_rules(vec![Rule::on(
         "CreateTags",
         1,
-        crate::support::proxy::Fault::Error(403, "UnauthorizedOperation"),
+        Fault::Error(403, "UnauthorizedOperation"),
     )]);
     s.apply_class(CLASS, |c| {
         c["providerSpec"]["tags"]["team"] = "other".into()
@@ -193,14 +200,44 @@ async fn refused_tag_updates_are_reported_and_do_not_stop_the_machine() {
         || s.op.log(),
     )
     .await;
+    let refused = s
+        .wait_machine(
+            "a TagsApplied=False condition naming CreateTags",
+            "t1",
+            |m| tags_applied(m).is_some_and(|c| c.status == "False"),
+        )
+        .await;
+    let c = tags_applied(&refused).unwrap();
+    assert_eq!(c.reason.as_deref(), Some("CreateTagsFailed"), "{c:?}");
+    assert!(
+        c.message
+            .as_deref()
+            .is_some_and(|m| m.contains("UnauthorizedOperation")),
+        "{c:?}"
+    );
     let m = s.machines().get("t1").await.unwrap();
     assert_eq!(m.phase(), Some(MachinePhase::Running), "{:?}", m.status);
+
+    // The policy is fixed: the tags go on and the condition clears.
+    proxy.set_rules(vec![]);
+    s.nudge("t1").await;
+    s.wait_machine("TagsApplied=True once CreateTags works", "t1", |m| {
+        tags_applied(m).is_some_and(|c| c.status == "True")
+    })
+    .await;
+    let live = s.live_instances().await;
+    assert_eq!(ec2::tag(&live[0], "team"), Some("other"), "the tag is on");
     s.machines()
         .delete("t1", &DeleteParams::default())
         .await
         .unwrap();
     s.wait_gone("t1", 2 * MINUTE).await;
     assert!(s.live_instances().await.is_empty());
+}
+
+/// The TagsApplied condition of `m`, if any.
+fn tags_applied(m: &Machine) -> Option<&NodeCondition> {
+    m.status.as_ref()?.condition(CONDITION_TAGS_APPLIED)
 }
 
 /// A launch token EC2 already used — for other parameters, an instance since
@@ -245,4 +282,156 @@ async fn a_stale_client_token_leads_to_a_fresh_attempt() {
         Some(uid.as_str())
     );
     assert_ne!(live[0].instance_id(), Some(spent_id.as_str()));
+}
+
+/// The live instance tagged with Machine UID `uid`, as moto shows it.
+async fn instance_of(s: &Scenario, uid: &str) -> Option<aws_sdk_ec2::types::Instance> {
+    s.live_instances()
+        .await
+        .into_iter()
+        .find(|i| ec2::tag(i, MACHINE_UID_TAG) == Some(uid))
+}
+
+/// Waits until the instance of Machine `uid` shows the source/destination
+/// check off in EC2 itself.
+async fn wait_source_dest_check_off(s: &Scenario, uid: &str) {
+    eventually_or(
+        &format!("the source/dest check off on the instance of {uid}"),
+        2 * MINUTE,
+        || async {
+            instance_of(s, uid)
+                .await
+                .filter(|i| i.source_dest_check() == Some(false))
+        },
+        || s.op.log(),
+    )
+    .await;
+}
+
+/// Settings EC2 takes only after launch hold when EC2 does not know the new
+/// instance yet (the consistency window on, and a ModifyInstanceAttribute
+/// answered `InvalidInstanceID.NotFound`) and when the operator dies right
+/// after RunInstances (the response lost, then kill -9): EC2 shows them in
+/// the end. Only the source/destination check: moto 5.2.5 ignores
+/// `Ipv6PrefixCount` in AssignIpv6Addresses, so IPv6 prefixes cannot be read
+/// back here.
+#[tokio::test]
+async fn post_launch_settings_survive_an_unknown_instance_and_a_kill() {
+    let mut s = Scenario::start_with("postlaunch-lag", true, &[]).await;
+    s.apply_class(CLASS, |c| {
+        c["providerSpec"]["srcAndDstChecksEnabled"] = false.into()
+    })
+    .await;
+    let proxy = s.proxy.as_ref().unwrap();
+    proxy.set_behaviour(
+        ProxyBehaviour::default()
+            .with_client_tokens()
+            .with_consistency_window(ProxyBehaviour::TYPICAL_WINDOW),
+    );
+
+    // 1. EC2 does not know the instance when the setting is first applied.
+    proxy.set_rules(vec![Rule::on(
+        "ModifyInstanceAttribute",
+        1,
+        Fault::Error(400, "InvalidInstanceID.NotFound"),
+    )]);
+    let first = s.create_machine("pl1").await.uid().unwrap();
+    eventually_or(
+        "a ModifyInstanceAttribute answered NotFound",
+        2 * MINUTE,
+        || async {
+            let faults = proxy.faults().get("ModifyInstanceAttribute").copied();
+            faults.filter(|n| *n >= 1)
+        },
+        || s.op.log(),
+    )
+    .await;
+    proxy.set_rules(vec![]);
+    s.wait_phase("pl1", MachinePhase::Running, 2 * MINUTE).await;
+    wait_source_dest_check_off(&s, &first).await;
+    assert!(
+        proxy.stats().unseen_hidden + proxy.stats().unseen_not_found > 0,
+        "the consistency window hid the new instance: {:?}",
+        proxy.stats()
+    );
+
+    // 2. The operator never hears back from RunInstances and dies.
+    proxy.set_rules(vec![Rule::on("RunInstances", 1, Fault::LoseResponse)]);
+    let second = s.create_machine("pl2").await.uid().unwrap();
+    eventually_or(
+        "a RunInstances whose response is lost",
+        MINUTE,
+        || async {
+            let faults = proxy.faults().get("RunInstances").copied();
+            faults.filter(|n| *n >= 1)
+        },
+        || s.op.log(),
+    )
+    .await;
+    s.op.kill9();
+    proxy.set_rules(vec![]);
+    s.op.restart();
+    s.wait_phase("pl2", MachinePhase::Running, 2 * MINUTE).await;
+    wait_source_dest_check_off(&s, &second).await;
+    let live = s.live_instances().await;
+    assert_eq!(live.len(), 2, "one instance per machine: {live:?}");
+}
+
+/// Orphan collection re-checks against the API server before terminating:
+/// a Machine created after the collector took its snapshot of the Machine
+/// cache (here: while the proxy holds the collector's DescribeInstances)
+/// claims its instance (by providerID), and the instance survives.
+#[tokio::test]
+async fn orphan_collection_spares_an_instance_claimed_after_its_snapshot() {
+    let s = Scenario::start_with("orphan-lag", true, &[]).await;
+    let proxy = s.proxy.as_ref().unwrap();
+    let cluster = (format!("kubernetes.io/cluster/{}", s.ns), "1".to_string());
+    let role = ("kubernetes.io/role/node".to_string(), "1".to_string());
+    let name = (MACHINE_NAME_TAG.to_string(), format!("{}/late", s.ns));
+    let id = s.run_tagged_instance(vec![cluster, role, name]).await;
+
+    // The collector's search (a `tag-key` filter) waits at the proxy: its
+    // snapshot of the Machine cache is taken, without a Machine for `id`.
+    let is_orphan_search = |r: &Ec2Request| {
+        r.params
+            .iter()
+            .any(|(k, v)| k.starts_with("Filter.") && k.ends_with(".Name") && v == "tag-key")
+    };
+    let mut search = proxy.hold_next("DescribeInstances", is_orphan_search);
+    assert!(
+        search.arrived(MINUTE).await,
+        "no orphan collection pass within a minute\n{}",
+        s.op.log()
+    );
+    let mut late = machine(&s.ns, "late", CLASS);
+    late.spec.provider_id = Some(format!("aws:///{}/{id}", ec2::REGION));
+    s.machines()
+        .create(&PostParams::default(), &late)
+        .await
+        .unwrap();
+    search.release();
+
+    // The next pass has started once its own search arrives: the held
+    // pass is over.
+    let mut next = proxy.hold_next("DescribeInstances", is_orphan_search);
+    assert!(next.arrived(MINUTE).await, "a second pass\n{}", s.op.log());
+    next.release();
+    let live = s.live_instance_ids().await;
+    assert!(
+        live.contains(&id),
+        "the instance of Machine late survives: {live:?}\n{}",
+        s.op.log()
+    );
+    assert!(
+        !s.op.log().contains("terminating orphaned instances"),
+        "{}",
+        s.op.log()
+    );
+
+    s.machines()
+        .delete("late", &DeleteParams::default())
+        .await
+        .unwrap();
+    s.wait_gone("late", 2 * MINUTE).await;
+    assert!(s.live_instances().await.is_empty());
 }
