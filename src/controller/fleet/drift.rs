@@ -2,7 +2,13 @@
 //!
 //! The *effective provider spec* of a class is everything that needs a new
 //! instance when it changes: every `providerSpec` field except `tags`, plus
-//! the `userData` of the class's Secrets. Its hash is recorded on each Machine
+//! the `userData` of the class's Secrets, plus which Secrets hold the
+//! credentials (`secretRef`, `credentialsSecretRef`: their namespaces and
+//! names, never their contents). The credentials say which account an
+//! instance lives in, as `region` says which Region: pointing a class at
+//! another Secret rolls its machines, and the old instances are looked up
+//! and terminated with the Secrets recorded at their launch. Editing a
+//! Secret in place is a key rotation, not a move: it rolls nothing. Its hash is recorded on each Machine
 //! when its instance is launched (annotation [`SPEC_HASH_ANNOTATION`], with a
 //! digest per field in [`SPEC_FIELDS_ANNOTATION`] so that the `Drifted`
 //! condition can say *what* changed). A MachineDeployment folds the hash into
@@ -54,6 +60,10 @@ pub const CONDITION_DRIFTED: &str = "Drifted";
 
 /// Name of the pseudo-field for the Secret's user data.
 const USER_DATA_FIELD: &str = "userData";
+/// Name of the pseudo-field for the Secrets the credentials come from.
+/// Launches recorded before it existed lack it; their hash is compared
+/// without it ([`EffectiveSpec::legacy_hash`]), so an upgrade rolls nothing.
+const CREDENTIALS_FIELD: &str = "credentials";
 /// `providerSpec` fields that never need a new instance.
 const IN_PLACE_FIELDS: &[&str] = &["tags", "apiVersion"];
 
@@ -62,8 +72,12 @@ const IN_PLACE_FIELDS: &[&str] = &["tags", "apiVersion"];
 pub struct EffectiveSpec {
     /// 16 hex digits; changes whenever a field that needs a new instance does.
     pub hash: String,
-    /// Top-level `providerSpec` field (or `userData`) → 8-hex-digit digest.
+    /// Top-level `providerSpec` field (or `userData`, `credentials`) →
+    /// 8-hex-digit digest.
     pub fields: BTreeMap<String, String>,
+    /// The hash without the `credentials` field, as recorded before it
+    /// was part of the spec.
+    pub legacy_hash: String,
 }
 
 fn hex_digest(bytes: &[u8], len: usize) -> String {
@@ -78,8 +92,10 @@ fn hex_digest(bytes: &[u8], len: usize) -> String {
 }
 
 impl EffectiveSpec {
-    /// The effective spec of `spec` with the Secret's `user_data`.
-    pub fn of(spec: &AWSProviderSpec, user_data: Option<&[u8]>) -> Self {
+    /// The effective spec of `spec` with the Secrets' `user_data`, the
+    /// credentials coming from the Secrets `secrets` (as [`secret_refs`]
+    /// names them).
+    pub fn of(spec: &AWSProviderSpec, user_data: Option<&[u8]>, secrets: &[String]) -> Self {
         let mut fields = BTreeMap::new();
         // serde_json's maps are ordered by key, so this rendering is canonical.
         if let Ok(Value::Object(map)) = serde_json::to_value(spec) {
@@ -94,8 +110,17 @@ impl EffectiveSpec {
         if let Some(data) = user_data {
             fields.insert(USER_DATA_FIELD.to_string(), hex_digest(data, 8));
         }
+        let legacy_hash = hex_digest(render_fields(&fields).as_bytes(), 16);
+        fields.insert(
+            CREDENTIALS_FIELD.to_string(),
+            hex_digest(secrets.join(",").as_bytes(), 8),
+        );
         let hash = hex_digest(render_fields(&fields).as_bytes(), 16);
-        Self { hash, fields }
+        Self {
+            hash,
+            fields,
+            legacy_hash,
+        }
     }
 
     /// The effective spec of a loaded class.
@@ -103,6 +128,7 @@ impl EffectiveSpec {
         Self::of(
             &class.class.provider_spec,
             user_data(&class.secret_data).as_deref(),
+            &secret_refs(&class.class),
         )
     }
 
@@ -160,19 +186,25 @@ pub fn assess(
     if recorded_hash == current.hash {
         return Drift::UpToDate;
     }
-    let changed = match recorded_fields {
+    let recorded = recorded_fields.map(parse_fields);
+    // Recorded before the credentials were part of the spec.
+    let legacy = recorded
+        .as_ref()
+        .is_none_or(|r| !r.contains_key(CREDENTIALS_FIELD));
+    if legacy && recorded_hash == current.legacy_hash {
+        return Drift::UpToDate;
+    }
+    let changed = match recorded {
         None => Vec::new(),
         Some(recorded) => {
-            let recorded = parse_fields(recorded);
             let keys: BTreeSet<&String> = recorded.keys().chain(current.fields.keys()).collect();
             keys.into_iter()
+                .filter(|k| !(legacy && *k == CREDENTIALS_FIELD))
                 .filter(|k| recorded.get(*k) != current.fields.get(*k))
-                .map(|k| {
-                    if k == USER_DATA_FIELD {
-                        "userData (secret)".to_string()
-                    } else {
-                        format!("providerSpec.{k}")
-                    }
+                .map(|k| match k.as_str() {
+                    USER_DATA_FIELD => "userData (secret)".to_string(),
+                    CREDENTIALS_FIELD => "secretRef/credentialsSecretRef (credentials)".to_string(),
+                    _ => format!("providerSpec.{k}"),
                 })
                 .collect()
         }
@@ -431,21 +463,27 @@ mod tests {
 
     #[test]
     fn hash_is_stable_and_ignores_tags() {
-        let a = EffectiveSpec::of(&spec(), Some(b"#cloud-config"));
-        assert_eq!(a, EffectiveSpec::of(&spec(), Some(b"#cloud-config")));
+        let a = EffectiveSpec::of(&spec(), Some(b"#cloud-config"), &refs());
+        assert_eq!(
+            a,
+            EffectiveSpec::of(&spec(), Some(b"#cloud-config"), &refs())
+        );
         assert_eq!(a.hash.len(), 16);
         let mut tagged = spec();
         tagged.tags.insert("team".into(), "b".into());
         tagged.tags.insert("cost-center".into(), "42".into());
-        assert_eq!(EffectiveSpec::of(&tagged, Some(b"#cloud-config")), a);
+        assert_eq!(
+            EffectiveSpec::of(&tagged, Some(b"#cloud-config"), &refs()),
+            a
+        );
     }
 
     #[test]
     fn instance_fields_and_user_data_change_the_hash_and_are_named() {
-        let before = EffectiveSpec::of(&spec(), Some(b"v1"));
+        let before = EffectiveSpec::of(&spec(), Some(b"v1"), &refs());
         let mut edited = spec();
         edited.machine_type = "m6i.large".into();
-        let after = EffectiveSpec::of(&edited, Some(b"v2"));
+        let after = EffectiveSpec::of(&edited, Some(b"v2"), &refs());
         assert_ne!(before.hash, after.hash);
         let drift = assess(&before.hash, Some(&before.fields_annotation()), &after);
         assert_eq!(
@@ -468,16 +506,54 @@ mod tests {
         );
     }
 
+    fn refs() -> Vec<String> {
+        vec!["ns/aws".into()]
+    }
+
+    #[test]
+    fn other_secrets_change_the_hash_and_old_records_do_not_drift() {
+        let before = EffectiveSpec::of(&spec(), Some(b"v1"), &refs());
+        let moved = EffectiveSpec::of(&spec(), Some(b"v1"), &["ns/aws".into(), "ns/other".into()]);
+        assert_ne!(before.hash, moved.hash);
+        assert_eq!(
+            assess(&before.hash, Some(&before.fields_annotation()), &moved),
+            Drift::Drifted {
+                changed: vec!["secretRef/credentialsSecretRef (credentials)".to_string()]
+            }
+        );
+        // Recorded before the credentials counted: the same spec is up to
+        // date whatever its Secrets, with or without field digests.
+        let mut old_fields = before.fields.clone();
+        old_fields.remove(CREDENTIALS_FIELD);
+        let old_fields = render_fields(&old_fields);
+        for fields in [Some(old_fields.as_str()), None] {
+            assert_eq!(assess(&before.legacy_hash, fields, &moved), Drift::UpToDate);
+        }
+        let mut edited = spec();
+        edited.machine_type = "m6i.large".into();
+        let edited = EffectiveSpec::of(&edited, Some(b"v1"), &refs());
+        assert_eq!(
+            assess(&before.legacy_hash, Some(&old_fields), &edited),
+            Drift::Drifted {
+                changed: vec!["providerSpec.machineType".to_string()]
+            },
+            "no credentials change read into an old record"
+        );
+    }
+
     #[test]
     fn new_optional_fields_left_unset_do_not_change_the_hash() {
         // An absent optional field is not serialized: a hash taken before a
         // field existed stays valid while nobody sets it.
-        let plain = EffectiveSpec::of(&spec(), None);
+        let plain = EffectiveSpec::of(&spec(), None, &refs());
         let mut with_none = spec();
         with_none.monitoring = None;
-        assert_eq!(EffectiveSpec::of(&with_none, None), plain);
+        assert_eq!(EffectiveSpec::of(&with_none, None, &refs()), plain);
         with_none.monitoring = Some(true);
-        assert_ne!(EffectiveSpec::of(&with_none, None).hash, plain.hash);
+        assert_ne!(
+            EffectiveSpec::of(&with_none, None, &refs()).hash,
+            plain.hash
+        );
     }
 
     #[test]

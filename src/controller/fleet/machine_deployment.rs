@@ -164,11 +164,15 @@ pub async fn reconcile(d: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<A
 
     // 2. The class as it is now: its hash names the machines' generation.
     let class_name = &d.spec.template.spec.class.name;
-    let (class_hash, class_problem) = match drift::load_class(&ctx.reads, &ns, class_name).await {
-        Ok(class) => (Some(EffectiveSpec::of_class(&class).hash), None),
-        Err(Error::Invalid(msg)) => (None, Some(msg)),
-        Err(e) => return Err(e),
-    };
+    let (class_hash, legacy_hash, class_problem) =
+        match drift::load_class(&ctx.reads, &ns, class_name).await {
+            Ok(class) => {
+                let effective = EffectiveSpec::of_class(&class);
+                (Some(effective.hash), Some(effective.legacy_hash), None)
+            }
+            Err(Error::Invalid(msg)) => (None, None, Some(msg)),
+            Err(e) => return Err(e),
+        };
 
     // 3. Sets (adopting orphans under the selector) and their machines.
     let sets_api = Api::<MachineSet>::namespaced(ctx.client.clone(), &ns);
@@ -215,14 +219,23 @@ pub async fn reconcile(d: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<A
     };
 
     // 4. Which set is the new one.
-    let new_index = find_new(&sets, &d.spec.template, class_hash.as_deref());
+    let new_index = find_new(
+        &sets,
+        &d.spec.template,
+        class_hash.as_deref(),
+        legacy_hash.as_deref(),
+    );
     if let Some(i) = new_index {
         let mut patch = json!({});
-        if let Some(hash) = class_hash
-            .as_deref()
-            .filter(|_| !sets[i].annotations().contains_key(SPEC_HASH_ANNOTATION))
-        {
-            // Baseline: the set's machines run the class as it is now.
+        if let Some(hash) = class_hash.as_deref().filter(|h| {
+            sets[i]
+                .annotations()
+                .get(SPEC_HASH_ANNOTATION)
+                .map(String::as_str)
+                != Some(h)
+        }) {
+            // Baseline: the set's machines run the class as it is now
+            // (a set from before hashes, or before the credentials counted).
             patch["metadata"] = json!({"annotations": {SPEC_HASH_ANNOTATION: hash}});
         }
         if let Some(spec) = in_place::patch(&sets[i].spec.template.spec, &d.spec.template.spec) {
@@ -672,13 +685,15 @@ fn template_key(template: &MachineTemplateSpec) -> MachineTemplateSpec {
 }
 
 /// Index of the deployment's new set: same template, made for the class as
-/// it is now (or made before class hashes were recorded). Without a valid
-/// class (`class_hash` None) the class cannot roll: the newest set with the
-/// template is the new one.
+/// it is now (or made before class hashes were recorded, or recorded with
+/// the class's `legacy_hash`, from before the credentials counted). Without
+/// a valid class (`class_hash` None) the class cannot roll: the newest set
+/// with the template is the new one.
 fn find_new(
     sets: &[MachineSet],
     template: &MachineTemplateSpec,
     class_hash: Option<&str>,
+    legacy_hash: Option<&str>,
 ) -> Option<usize> {
     let wanted = template_key(template);
     let mut candidates: Vec<usize> = (0..sets.len())
@@ -700,7 +715,11 @@ fn find_new(
         Some(h) => candidates
             .iter()
             .find(|i| hash_of(i) == Some(h))
-            .or_else(|| candidates.iter().find(|i| hash_of(i).is_none()))
+            .or_else(|| {
+                candidates.iter().find(|i| {
+                    hash_of(i).is_none() || (hash_of(i) == legacy_hash && legacy_hash.is_some())
+                })
+            })
             .copied(),
         None => candidates.last().copied(),
     }
@@ -926,15 +945,20 @@ mod tests {
         let h1 = created(new_set(&d, "ns", "aaa", Some("h1"), 3), 1);
         let h2 = created(new_set(&d, "ns", "bbb", Some("h2"), 0), 2);
         let sets = vec![h1.clone(), h2];
-        assert_eq!(find_new(&sets, &d.spec.template, Some("h1")), Some(0));
-        assert_eq!(find_new(&sets, &d.spec.template, Some("h2")), Some(1));
+        assert_eq!(find_new(&sets, &d.spec.template, Some("h1"), None), Some(0));
+        assert_eq!(find_new(&sets, &d.spec.template, Some("h2"), None), Some(1));
         assert_eq!(
-            find_new(&sets, &d.spec.template, Some("h3")),
+            find_new(&sets, &d.spec.template, Some("h3"), None),
             None,
             "class edited: roll"
         );
         assert_eq!(
-            find_new(&sets, &d.spec.template, None),
+            find_new(&sets, &d.spec.template, Some("h3"), Some("h2")),
+            Some(1),
+            "a set hashed before the credentials counted stays the new one"
+        );
+        assert_eq!(
+            find_new(&sets, &d.spec.template, None, None),
             Some(1),
             "invalid class: no roll"
         );
@@ -942,7 +966,10 @@ mod tests {
         // A set from before class hashes adopts the class as it is.
         let mut legacy = h1;
         legacy.metadata.annotations = None;
-        assert_eq!(find_new(&[legacy], &d.spec.template, Some("h9")), Some(0));
+        assert_eq!(
+            find_new(&[legacy], &d.spec.template, Some("h9"), None),
+            Some(0)
+        );
 
         // Another template: no match.
         let mut other = d.spec.template.clone();
@@ -951,14 +978,14 @@ mod tests {
             .labels
             .get_or_insert_default()
             .insert("rev".into(), "2".into());
-        assert_eq!(find_new(&sets, &other, Some("h1")), None);
+        assert_eq!(find_new(&sets, &other, Some("h1"), None), None);
 
         // Node template and machine configuration change in place: the
         // same set.
         let mut in_place = d.spec.template.clone();
         in_place.spec.configuration.max_evict_retries = Some(3);
         in_place.spec.node_template.metadata.labels = Some([("a".into(), "1".into())].into());
-        assert_eq!(find_new(&sets, &in_place, Some("h1")), Some(0));
+        assert_eq!(find_new(&sets, &in_place, Some("h1"), None), Some(0));
     }
 
     #[test]

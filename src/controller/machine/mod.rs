@@ -132,7 +132,11 @@ async fn resolve(m: &Machine, ctx: &Context) -> Result<Resolved> {
         .credentials_for(&secret_data, &drift::secret_refs(&class))
         .map_err(|refused| Error::Invalid(refused.to_string()))?;
     let handle = ctx.ec2.get(&source, &class.provider_spec.region).await;
-    let effective = EffectiveSpec::of(&class.provider_spec, user_data(&secret_data).as_deref());
+    let effective = EffectiveSpec::of(
+        &class.provider_spec,
+        user_data(&secret_data).as_deref(),
+        &drift::secret_refs(&class),
+    );
     Ok(Resolved {
         class,
         secret_data,
