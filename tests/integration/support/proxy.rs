@@ -288,6 +288,16 @@ impl FaultProxy {
         self.stats().calls
     }
 
+    /// Requests of `action` signed with access key id `key`.
+    pub fn calls_by(&self, key: &str, action: &str) -> u64 {
+        let stats = self.stats();
+        stats
+            .calls_by_key
+            .get(&format!("{key}/{action}"))
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Faults injected per EC2 action.
     pub fn faults(&self) -> BTreeMap<String, u64> {
         self.stats().faults
@@ -357,7 +367,12 @@ async fn serve(
     while let Some(request) = read_request(&mut conn).await? {
         let ec2 = Ec2Request::parse(&request);
         let n = seq.fetch_add(1, Ordering::SeqCst) + 1;
-        let fault = state.lock().unwrap().fault_for(&ec2.action, n);
+        let fault = {
+            let mut s = state.lock().unwrap();
+            let key = format!("{}/{}", ec2.scope.access_key, ec2.action);
+            ProxyStats::count(&mut s.stats.calls_by_key, &key);
+            s.fault_for(&ec2.action, n)
+        };
         let response = match fault {
             Some(Fault::Throttle) => throttled(),
             Some(Fault::ServerError) => Response::ec2_error(

@@ -25,6 +25,9 @@ pub struct ProxyStats {
     pub unseen_not_found: u64,
     /// Instances left out of DescribeInstances results for the same reason.
     pub unseen_hidden: u64,
+    /// Requests seen per `access key id/action` (whose credentials made
+    /// which calls; unsigned requests have an empty key).
+    pub calls_by_key: BTreeMap<String, u64>,
 }
 
 impl ProxyStats {
