@@ -4,6 +4,7 @@
 //! invalid. No instance is leaked, none is lost, no machine fails because its
 //! class changed.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::NodeCondition;
@@ -14,11 +15,13 @@ use mcm_provider_aws::api::shared::MachinePhase;
 use mcm_provider_aws::aws::tags::{MACHINE_NAME_TAG, MACHINE_UID_TAG};
 use mcm_provider_aws::controller::machine::CONDITION_TAGS_APPLIED;
 use mcm_provider_aws::controller::machine::launch_record::{LAUNCH_ANNOTATION, LaunchRecord};
+use serde_json::json;
 
 use crate::support::ec2;
 use crate::support::fixtures::machine;
+use crate::support::fleet::{apply_deployment, assert_instances_match, pool, wait_rolled_out};
 use crate::support::proxy::{Ec2Request, Fault, ProxyBehaviour, Rule};
-use crate::support::scenario::{CLASS, Scenario};
+use crate::support::scenario::{CLASS, SECRET, Scenario};
 use crate::support::wait::eventually_or;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -138,6 +141,86 @@ async fn a_class_moved_to_another_region_keeps_its_machines_where_they_live() {
         s.live_instances().await.is_empty(),
         "terminated in its own Region"
     );
+}
+
+/// Pointing a class at another credentials Secret (another account's keys)
+/// rolls its deployment's machines as drift, a new machine first; the old
+/// instances are terminated with the keys recorded at their launch, never
+/// the new ones, and none is left behind.
+#[tokio::test]
+async fn a_class_pointed_at_other_credentials_rolls_its_machines() {
+    const OTHER_KEY: &str = "AKIAOTHERACCOUNT";
+    let s = Scenario::start_with("creds", true, &[]).await;
+    let proxy = s.proxy.as_ref().unwrap();
+    let spec = json!({
+        "minReadySeconds": 1,
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+    });
+    apply_deployment(&s, "web", 2, spec).await;
+    let before = wait_rolled_out(&s, "web", 2, 3 * MINUTE).await;
+    let old_names: BTreeSet<String> = before.iter().map(|m| m.name_any()).collect();
+    let old_key = s.cloud.class_keys.id.clone();
+    assert!(proxy.calls_by(&old_key, "RunInstances") >= 2);
+
+    s.create_secret(
+        "aws-other",
+        json!({"providerAccessKeyId": OTHER_KEY, "providerSecretAccessKey": "other-secret"}),
+    )
+    .await;
+    let ns = s.ns.clone();
+    s.apply_class(CLASS, |c| {
+        c["credentialsSecretRef"] = json!({"name": "aws-other", "namespace": ns})
+    })
+    .await;
+    eventually_or(
+        "an old machine to report the credentials change as drift",
+        MINUTE,
+        || async {
+            pool(&s, "web").await.into_iter().find_map(|m| {
+                let c = m.status.as_ref()?.condition("Drifted")?.clone();
+                let says = c.status == "True"
+                    && c.message
+                        .as_deref()
+                        .is_some_and(|m| m.contains("credentials"));
+                (old_names.contains(&m.name_any()) && says).then_some(())
+            })
+        },
+        || s.op.log(),
+    )
+    .await;
+    let after = eventually_or(
+        "every machine to be replaced",
+        4 * MINUTE,
+        || async {
+            let ms = wait_rolled_out(&s, "web", 2, 4 * MINUTE).await;
+            ms.iter()
+                .all(|m| !old_names.contains(&m.name_any()))
+                .then_some(ms)
+        },
+        || s.op.log(),
+    )
+    .await;
+    assert_instances_match(&s, &after).await;
+    let all = ec2::instances_of_namespace(&s.ec2, &s.ns).await;
+    assert_eq!(all.len(), 4, "two replaced, two new, none extra: {all:?}");
+    assert!(
+        proxy.calls_by(OTHER_KEY, "RunInstances") >= 2,
+        "the new machines were launched with the new keys: {:?}",
+        proxy.stats().calls_by_key
+    );
+    assert!(
+        proxy.calls_by(&old_key, "TerminateInstances") >= 1
+            && proxy.calls_by(OTHER_KEY, "TerminateInstances") == 0,
+        "the old instances were terminated with the keys that launched them: {:?}",
+        proxy.stats().calls_by_key
+    );
+    for m in &after {
+        let record = LaunchRecord::from_annotations(m.annotations()).expect("a launch record");
+        assert_eq!(
+            record.secrets,
+            [format!("{ns}/{SECRET}"), format!("{ns}/aws-other")]
+        );
+    }
 }
 
 /// A class edited into something invalid leaves a running machine's status
@@ -336,14 +419,10 @@ async fn post_launch_settings_survive_an_unknown_instance_and_a_kill() {
         Fault::Error(400, "InvalidInstanceID.NotFound"),
     )]);
     let first = s.create_machine("pl1").await.uid().unwrap();
-    eventually_or(
+    wait_fault(
+        &s,
+        "ModifyInstanceAttribute",
         "a ModifyInstanceAttribute answered NotFound",
-        2 * MINUTE,
-        || async {
-            let faults = proxy.faults().get("ModifyInstanceAttribute").copied();
-            faults.filter(|n| *n >= 1)
-        },
-        || s.op.log(),
     )
     .await;
     proxy.set_rules(vec![]);
@@ -358,16 +437,7 @@ async fn post_launch_settings_survive_an_unknown_instance_and_a_kill() {
     // 2. The operator never hears back from RunInstances and dies.
     proxy.set_rules(vec![Rule::on("RunInstances", 1, Fault::LoseResponse)]);
     let second = s.create_machine("pl2").await.uid().unwrap();
-    eventually_or(
-        "a RunInstances whose response is lost",
-        MINUTE,
-        || async {
-            let faults = proxy.faults().get("RunInstances").copied();
-            faults.filter(|n| *n >= 1)
-        },
-        || s.op.log(),
-    )
-    .await;
+    wait_fault(&s, "RunInstances", "a RunInstances whose response is lost").await;
     s.op.kill9();
     proxy.set_rules(vec![]);
     s.op.restart();
@@ -434,4 +504,53 @@ async fn orphan_collection_spares_an_instance_claimed_after_its_snapshot() {
         .unwrap();
     s.wait_gone("late", 2 * MINUTE).await;
     assert!(s.live_instances().await.is_empty());
+}
+
+/// EC2 refusing a launch token because the instance launched under it was
+/// terminated (`IdempotentInstanceTerminated`) moves the machine to a new
+/// attempt at once (no grace: nothing of that token can still appear): one
+/// instance, launched under the new token, and the machine Running.
+#[tokio::test]
+async fn a_token_whose_instance_was_terminated_leads_to_a_fresh_attempt_at_once() {
+    let s = Scenario::start_with("stale-term", true, &[]).await;
+    let proxy = s.proxy.as_ref().unwrap();
+    proxy.set_behaviour(ProxyBehaviour::default().with_client_tokens());
+    proxy.set_rules(vec![Rule::on(
+        "RunInstances",
+        1,
+        Fault::Error(400, "IdempotentInstanceTerminated"),
+    )]);
+    let uid = s.create_machine("it").await.uid().unwrap();
+    wait_fault(
+        &s,
+        "RunInstances",
+        "a RunInstances refused as IdempotentInstanceTerminated",
+    )
+    .await;
+    proxy.set_rules(vec![]);
+    let m = s.wait_phase("it", MachinePhase::Running, 2 * MINUTE).await;
+    let record = LaunchRecord::from_annotations(m.annotations()).expect("a launch record");
+    assert!(record.attempt >= 1, "a new attempt: {record:?}");
+    assert_eq!(record.not_before, None, "no wait after a terminated token");
+    let live = s.live_instances().await;
+    assert_eq!(live.len(), 1, "one instance: {live:?}");
+    assert_eq!(ec2::tag(&live[0], MACHINE_UID_TAG), Some(uid.as_str()));
+    assert_eq!(
+        live[0].client_token(),
+        Some(record.client_token(&uid).as_str()),
+        "launched under the new token"
+    );
+}
+
+/// Waits (at most two minutes) until the proxy injected a fault into a
+/// request of `action`; `what` says which, for the timeout message.
+async fn wait_fault(s: &Scenario, action: &str, what: &str) {
+    let proxy = s.proxy.as_ref().unwrap();
+    eventually_or(
+        what,
+        2 * MINUTE,
+        || async { proxy.faults().get(action).copied().filter(|n| *n >= 1) },
+        || s.op.log(),
+    )
+    .await;
 }
