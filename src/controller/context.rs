@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 use super::caches::Watches;
 use super::config::ControllerConfig;
 use super::error::{Error, Result};
+use super::fleet::expectations::Expectations;
 use super::fleet::replacement::FailureGate;
 use super::index::Index;
 use super::machine::drain::Drainer;
@@ -58,6 +59,8 @@ pub struct Context {
     /// that controller is built (after this Context). A machine finds its
     /// deployment through it.
     pub sets: OnceLock<Store<MachineSet>>,
+    /// Writes of sets and deployments their caches have not shown yet.
+    pub expectations: Expectations,
     /// One Failed-for-health decision at a time per deployment.
     pub replacements: FailureGate,
     /// Cordons and drains nodes of the target cluster.
@@ -104,6 +107,7 @@ impl Context {
             machine_index: watches.machine_index.clone(),
             reads,
             sets: OnceLock::new(),
+            expectations: Expectations::default(),
             replacements: FailureGate::default(),
             orphan_wakeup: Notify::new(),
             backoffs: Mutex::new(HashMap::new()),

@@ -32,6 +32,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::{self, Action};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -44,6 +45,7 @@ use tracing::{debug, info, warn};
 use super::autoscaler::{self, NodeMark};
 use super::census::{self, MACHINE_PRIORITY_ANNOTATION};
 use super::drift::{self, EffectiveSpec, SPEC_HASH_ANNOTATION};
+use super::expectations::Write;
 use super::in_place;
 use super::rollout::{self, ConditionInputs, Counts, RecreateStep, SetView};
 use crate::api::machine::{Machine, NODE_LABEL};
@@ -54,7 +56,7 @@ use crate::api::machine_deployment::{
 };
 use crate::api::machine_set::{MachineSet, MachineSetConditionType, MachineSetSpec};
 use crate::api::shared::{ConditionStatus, MachineSummary, MachineTemplateSpec};
-use crate::controller::context::Context;
+use crate::controller::context::{Context, store_ready};
 use crate::controller::error::{Error, Result};
 use crate::controller::events::publish;
 use crate::controller::ownership::{self, Claim};
@@ -116,6 +118,40 @@ where
         .for_each(|_| future::ready(()))
 }
 
+/// The MachineSets of `ns` under `selector`: from the set cache when it
+/// shows every write of deployment `uid`, else listed live.
+async fn sets_under(
+    ctx: &Context,
+    ns: &str,
+    uid: &str,
+    selector: &Selector,
+    api: &Api<MachineSet>,
+) -> Result<Vec<MachineSet>> {
+    if let Some(store) = ctx.sets.get()
+        && store_ready(store).await
+        && ctx
+            .expectations
+            .caught_up(uid, |name| store.get(&ObjectRef::new(name).within(ns)))
+    {
+        return Ok(store
+            .state()
+            .iter()
+            .filter(|s| s.namespace().as_deref() == Some(ns) && selector.matches(s.labels()))
+            .map(|s| (**s).clone())
+            .collect());
+    }
+    let query = ListParams::default().labels(&selector.to_string());
+    Ok(api.list(&query).await?.items)
+}
+
+/// Records a spec change of a set, to be awaited in the cache.
+fn wrote_spec(ctx: &Context, uid: &str, patched: &MachineSet) {
+    if let Some(generation) = patched.metadata.generation {
+        ctx.expectations
+            .wrote(uid, &patched.name_any(), Write::Generation(generation));
+    }
+}
+
 /// The deployment whose set owns machine `m`, if any.
 fn deployment_of_machine(
     sets: &Store<MachineSet>,
@@ -133,6 +169,7 @@ fn deployment_of_machine(
 pub async fn reconcile(d: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<Action> {
     if d.metadata.deletion_timestamp.is_some() {
         // The garbage collector deletes the sets, and with them the machines.
+        ctx.expectations.forget(&d.uid().unwrap_or_default());
         return Ok(Action::await_change());
     }
     let ns = d
@@ -175,24 +212,31 @@ pub async fn reconcile(d: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<A
         };
 
     // 3. Sets (adopting orphans under the selector) and their machines.
+    // From the caches once they show this deployment's own writes (see
+    // [`expectations`]); live while they lag.
     let sets_api = Api::<MachineSet>::namespaced(ctx.client.clone(), &ns);
-    let query = ListParams::default().labels(&selector.to_string());
+    let listed_sets = sets_under(&ctx, &ns, &uid, &selector, &sets_api).await?;
     let mut sets: Vec<MachineSet> = Vec::new();
-    for s in sets_api.list(&query).await?.items {
+    for s in listed_sets {
         match ownership::claim(&uid, &s.metadata) {
             Claim::Owned => sets.push(s),
             Claim::Adopt => {
                 ownership::adopt(&sets_api, &s, ownership::controller_ref(d.as_ref())).await?;
+                ctx.expectations.wrote(&uid, &s.name_any(), Write::Adopted);
                 info!(deployment = %d.name_any(), set = %s.name_any(), "adopted machine set");
                 sets.push(s);
             }
             Claim::Ignore => {}
         }
     }
-    let machines = Api::<Machine>::namespaced(ctx.client.clone(), &ns)
-        .list(&query)
-        .await?
-        .items;
+    ctx.caches_synced().await?;
+    let machines: Vec<Machine> = ctx
+        .machines
+        .state()
+        .iter()
+        .filter(|m| m.namespace().as_deref() == Some(ns.as_str()) && selector.matches(m.labels()))
+        .map(|m| (**m).clone())
+        .collect();
     let mut by_set: HashMap<String, Vec<&Machine>> = HashMap::new();
     for m in &machines {
         if let Some(owner) = ownership::controller_uid(&m.metadata) {
@@ -245,13 +289,14 @@ pub async fn reconcile(d: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<A
             info!(deployment = %d.name_any(), set = %sets[i].name_any(), "updating the new set's node template and machine configuration in place");
         }
         if patch != json!({}) {
-            sets_api
+            let patched = sets_api
                 .patch(
                     &sets[i].name_any(),
                     &PatchParams::default(),
                     &Patch::Merge(&patch),
                 )
                 .await?;
+            wrote_spec(&ctx, &uid, &patched);
         }
     }
     let mut new_view: Option<SetView> = new_index.map(|i| view(&sets[i]));
@@ -339,6 +384,8 @@ pub async fn reconcile(d: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<A
         let set = new_set(&d, &ns, &hash, class_hash.as_deref(), r);
         match sets_api.create(&PostParams::default(), &set).await {
             Ok(created) => {
+                ctx.expectations
+                    .wrote(&uid, &created.name_any(), Write::Created);
                 created_new = true;
                 info!(deployment = %d.name_any(), set = %created.name_any(), replicas = r, "created new machine set");
                 publish(
@@ -375,9 +422,10 @@ pub async fn reconcile(d: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<A
     }
     for (set_name, r) in &changes {
         let patch = json!({"spec": {"replicas": r}});
-        sets_api
+        let patched = sets_api
             .patch(set_name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
+        wrote_spec(&ctx, &uid, &patched);
         let views = new_view.iter_mut().chain(old_views.iter_mut());
         if let Some(v) = views.into_iter().find(|v| &v.name == set_name) {
             let direction = if *r > v.replicas { "up" } else { "down" };
@@ -401,13 +449,14 @@ pub async fn reconcile(d: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<A
         && sets[i].spec.min_ready_seconds != min_ready
     {
         let patch = json!({"spec": {"minReadySeconds": min_ready}});
-        sets_api
+        let patched = sets_api
             .patch(
                 &sets[i].name_any(),
                 &PatchParams::default(),
                 &Patch::Merge(&patch),
             )
             .await?;
+        wrote_spec(&ctx, &uid, &patched);
     }
 
     // 7. Status, and old sets beyond the history limit once complete.
@@ -419,6 +468,7 @@ pub async fn reconcile(d: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<A
                 .await
             {
                 Ok(_) => {
+                    ctx.expectations.wrote(&uid, &set_name, Write::Deleted);
                     info!(deployment = %d.name_any(), set = %set_name, "deleted old machine set")
                 }
                 Err(e) if crate::controller::machine::drain::is_not_found(&e) => {}
