@@ -75,6 +75,10 @@ struct Cli {
     /// finalizer still waits for EC2 to say terminated.
     #[arg(long, env = "MCM_MACHINE_TERMINATION_REPORT_AFTER", default_value = "15m", value_parser = duration)]
     machine_termination_report_after: Duration,
+    /// Preserved machines stay preserved this long unless the Machine sets
+    /// `machinePreserveTimeout`.
+    #[arg(long, env = "MCM_MACHINE_PRESERVE_TIMEOUT", default_value = "96h", value_parser = duration)]
+    machine_preserve_timeout: Duration,
 
     /// Node condition types that make a machine unhealthy when True (comma-separated).
     #[arg(
@@ -368,6 +372,7 @@ async fn reconcile(
         drain_timeout: cli.machine_drain_timeout,
         pv_detach_timeout: cli.machine_pv_detach_timeout,
         termination_report_after: cli.machine_termination_report_after,
+        preserve_timeout: cli.machine_preserve_timeout,
         node_conditions: cli.node_conditions,
         instance_sync_period: cli.instance_sync_period,
         orphan_collection_interval: cli.orphan_collection_interval,
@@ -475,6 +480,7 @@ mod tests {
             cli.machine_termination_report_after,
             Duration::from_secs(900)
         );
+        assert_eq!(cli.machine_preserve_timeout, Duration::from_secs(96 * 3600));
         assert_eq!(cli.orphan_collection_interval, Duration::from_secs(900));
         assert_eq!(cli.node_conditions.len(), 4);
         assert_eq!(

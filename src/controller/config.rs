@@ -32,6 +32,10 @@ pub struct ControllerConfig {
     /// the Machine's deletion is reported as failing (and goes on waiting
     /// for `terminated`).
     pub termination_report_after: Duration,
+    /// How long a machine stays preserved when its own
+    /// `machinePreserveTimeout` is unset (MCM's `--machine-preserve-timeout`:
+    /// 96h).
+    pub preserve_timeout: Duration,
     /// Node condition types that make a machine unhealthy when `True`.
     pub node_conditions: Vec<String>,
     /// How often a Running machine re-reads its instance from the shared,
@@ -59,6 +63,7 @@ impl Default for ControllerConfig {
             force_drain_not_ready_after: Duration::from_secs(5 * 60),
             pv_detach_timeout: Duration::from_secs(2 * 60),
             termination_report_after: Duration::from_secs(15 * 60),
+            preserve_timeout: Duration::from_secs(96 * 3600),
             node_conditions: DEFAULT_NODE_CONDITIONS
                 .iter()
                 .map(|s| s.to_string())
