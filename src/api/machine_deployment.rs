@@ -121,10 +121,10 @@ pub struct MachineDeploymentSpec {
     #[schemars(range(min = 0))]
     pub progress_deadline_seconds: Option<i32>,
 
-    /// MCM: how many Failed machines of this deployment may be preserved for
-    /// diagnosis instead of being replaced. Accepted for compatibility with MCM
-    /// manifests; this operator does not preserve machines yet and ignores this
-    /// field.
+    /// How many Failed machines of this deployment are preserved for
+    /// diagnosis at most, automatically: passed to the deployment's newest
+    /// MachineSet (older sets, being rolled away, get 0, so rollouts replace
+    /// Failed machines as usual). See the MachineSet field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub auto_preserve_failed_machine_max: Option<i32>,
@@ -318,6 +318,11 @@ pub struct MachineDeploymentStatus {
     /// error.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_machines: Vec<MachineSummary>,
+
+    /// Number of Failed machines of this deployment's sets kept because they
+    /// are preserved (the sum of the sets' `preservedFailedReplicas`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub preserved_failed_replicas: i32,
 }
 
 impl MachineDeploymentStatus {

@@ -85,10 +85,12 @@ pub struct MachineSetSpec {
     #[schemars(range(min = 0))]
     pub min_ready_seconds: i32,
 
-    /// MCM: how many Failed machines of this set may be preserved for
-    /// diagnosis instead of being replaced. Accepted for compatibility with MCM
-    /// manifests; this operator does not preserve machines yet and ignores this
-    /// field.
+    /// How many Failed machines of this set are preserved for diagnosis at
+    /// most, automatically (annotation `node.machine.sapcloud.io/preserve:
+    /// auto-preserved`, newest Failed machine first): a preserved Failed
+    /// machine is kept, drained and cordoned, until `machinePreserveTimeout`
+    /// runs out, and a replacement is created meanwhile. Machines annotated
+    /// `preserve: false` are never auto-preserved. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub auto_preserve_failed_machine_max: Option<i32>,
@@ -172,11 +174,15 @@ pub struct MachineSetStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_machines: Vec<MachineSummary>,
 
-    /// MCM: number of Failed machines of this set that are currently
-    /// preserved. Accepted for compatibility with MCM; this operator does not
-    /// preserve machines yet and never sets it.
+    /// Number of Failed machines of this set that are auto-preserved (see
+    /// `spec.autoPreserveFailedMachineMax`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_preserve_failed_machine_count: Option<i32>,
+
+    /// Number of Failed machines of this set kept because they are preserved
+    /// (by annotation or automatically); they do not count as replicas.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub preserved_failed_replicas: i32,
 }
 
 impl MachineSetStatus {

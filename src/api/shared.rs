@@ -122,9 +122,11 @@ pub struct MachineConfiguration {
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub in_place_update_timeout: Option<Duration>,
 
-    /// MCM: how long a preserved machine is kept before preservation stops.
-    /// Accepted for compatibility with MCM manifests; this operator does not
-    /// preserve machines yet and ignores this field.
+    /// How long a machine stays preserved (annotation
+    /// `node.machine.sapcloud.io/preserve` on the Machine or its Node, or
+    /// auto-preserved by its set) before preservation stops. Default: the
+    /// operator's `--machine-preserve-timeout` (96h). A change applies to
+    /// preservations that start afterwards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub machine_preserve_timeout: Option<Duration>,
@@ -367,9 +369,9 @@ pub struct CurrentStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_update_time: Option<Time>,
 
-    /// MCM: time at which preservation of this machine ends. Accepted for
-    /// compatibility with MCM; this operator does not preserve machines yet
-    /// and never sets it.
+    /// While the machine is preserved: when preservation ends (set once when
+    /// it starts, from `machinePreserveTimeout`; may be edited to extend or
+    /// shorten it). Cleared when preservation stops.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preserve_expiry_time: Option<Time>,
 }

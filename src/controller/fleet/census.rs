@@ -101,13 +101,15 @@ fn phase_rank(phase: Option<MachinePhase>) -> u8 {
     }
 }
 
-/// Sorts machines into the order they are deleted on scale-down: lower
+/// Sorts machines into the order they are deleted on scale-down: preserved
+/// machines (`preserveExpiryTime` set) last, then lower
 /// `machinepriority` first (MCM ranks it above the phase), then Failed,
 /// CrashLoopBackOff, Unknown, Pending before Running, then drifted before
 /// up-to-date, then newest first; the name breaks ties.
 pub fn sort_for_deletion(machines: &mut [&Machine]) {
     machines.sort_by_key(|m| {
         (
+            super::preserved::expiry(m).is_some(),
             priority(m),
             phase_rank(m.phase()),
             !is_drifted(m),
@@ -284,6 +286,7 @@ pub fn set_status(
         last_operation: old.last_operation.clone(),
         failed_machines,
         auto_preserve_failed_machine_count: old.auto_preserve_failed_machine_count,
+        preserved_failed_replicas: old.preserved_failed_replicas,
     }
 }
 
@@ -423,6 +426,26 @@ mod tests {
                 "old-running",
                 "kept"
             ]
+        );
+    }
+
+    #[test]
+    fn preserved_machines_go_last_in_a_scale_down() {
+        let mut preserved = machine("preserved").running_since(0).created(9).build();
+        if let Some(s) = preserved.status.as_mut() {
+            s.current_status.preserve_expiry_time = Some(Time(at(100)));
+        }
+        let ms = [
+            preserved,
+            machine("old").running_since(0).created(1).build(),
+            machine("new").running_since(0).created(5).build(),
+        ];
+        let mut refs: Vec<&Machine> = ms.iter().collect();
+        sort_for_deletion(&mut refs);
+        assert_eq!(names(&refs), ["new", "old", "preserved"]);
+        assert_eq!(
+            plan_set(2, &refs, false, 0, at(9)).delete,
+            ["new".to_string()]
         );
     }
 

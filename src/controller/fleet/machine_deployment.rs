@@ -288,6 +288,11 @@ pub async fn reconcile(d: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<A
             patch["spec"] = json!({"template": {"spec": spec}});
             info!(deployment = %d.name_any(), set = %sets[i].name_any(), "updating the new set's node template and machine configuration in place");
         }
+        if sets[i].spec.auto_preserve_failed_machine_max != d.spec.auto_preserve_failed_machine_max
+        {
+            patch["spec"]["autoPreserveFailedMachineMax"] =
+                json!(d.spec.auto_preserve_failed_machine_max);
+        }
         if patch != json!({}) {
             let patched = sets_api
                 .patch(
@@ -297,6 +302,24 @@ pub async fn reconcile(d: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<A
                 )
                 .await?;
             wrote_spec(&ctx, &uid, &patched);
+        }
+    }
+    // Sets being rolled away preserve nothing: their Failed machines are
+    // replaced as usual (MCM: preservation is ignored in rolling updates).
+    for (i, s) in sets.iter().enumerate() {
+        if Some(i) != new_index
+            && s.spec
+                .auto_preserve_failed_machine_max
+                .is_some_and(|m| m > 0)
+        {
+            let patch = json!({"spec": {"autoPreserveFailedMachineMax": 0}});
+            sets_api
+                .patch(
+                    &s.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await?;
         }
     }
     let mut new_view: Option<SetView> = new_index.map(|i| view(&sets[i]));
@@ -536,6 +559,11 @@ pub async fn reconcile(d: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<A
         conditions,
         collision_count,
         failed_machines,
+        preserved_failed_replicas: sets
+            .iter()
+            .filter_map(|s| s.status.as_ref())
+            .map(|s| s.preserved_failed_replicas)
+            .fold(0, i32::saturating_add),
     };
     announce_transitions(&ctx, &d, &old, &status).await;
     write_status(&d, &ctx, &old, status).await?;
@@ -654,6 +682,11 @@ async fn protect_nodes(ctx: &Context, machines: &[&Machine], protect: bool) -> R
     let nodes = Api::<Node>::all(ctx.target.clone());
     for m in machines {
         if protect && census::is_terminating(m) {
+            continue;
+        }
+        // A preserved machine's Node keeps the protection after the rollout
+        // (the machine reconciler removes it when preservation ends).
+        if !protect && super::preserved::expiry(m).is_some() {
             continue;
         }
         let Some(name) = m.labels().get(NODE_LABEL) else {

@@ -24,7 +24,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::SelectorExt;
 use kube::runtime::controller::{self, Action};
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -34,7 +34,8 @@ use super::autoscaler::PRIORITY_DEFAULT;
 use super::census::{self, MACHINE_PRIORITY_ANNOTATION, plan_set, slow_start_batches};
 use super::drift::REPLACE_ON_DRIFT_ANNOTATION;
 use super::in_place;
-use crate::api::machine::Machine;
+use super::preserved;
+use crate::api::machine::{Machine, NODE_LABEL};
 use crate::api::machine_deployment::MachineDeployment;
 use crate::api::machine_set::{MachineSet, MachineSetConditionType, MachineSetStatus};
 use crate::api::shared::ConditionStatus;
@@ -42,11 +43,14 @@ use crate::controller::context::Context;
 use crate::controller::error::{Error, Result};
 use crate::controller::events::publish;
 use crate::controller::machine::FINALIZER;
+use crate::controller::machine::preservation::{self, PRESERVE_ANNOTATION, Preserve, Wish};
 use crate::controller::ownership::{self, Claim};
 use crate::controller::status;
 
 /// Re-check every set this often even without events.
 const RESYNC: Duration = Duration::from_secs(600);
+/// Re-check this soon while a kept machine waits for its preservation.
+const PRESERVATION_PENDING: Duration = Duration::from_secs(5);
 
 /// The MachineSet controller, woken by changes of its sets and of the
 /// machines they own, running `reconcile` ([`reconcile`], possibly wrapped,
@@ -156,10 +160,42 @@ pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action
         }
     }
 
+    // Preservation (see [`preserved`]): Failed machines are auto-preserved
+    // up to the set's limit, and preserved Failed machines are kept out of
+    // the plan: neither deleted nor counted, so they are replaced.
+    let mut wishes: Vec<Wish> = owned.iter().map(|m| wish_of(&ctx, m)).collect();
+    if let Some(max) = set.spec.auto_preserve_failed_machine_max.filter(|m| *m > 0) {
+        let pairs: Vec<(&Machine, Wish)> = owned.iter().zip(wishes.iter().cloned()).collect();
+        let chosen = preserved::to_auto_preserve(&pairs, max, now);
+        for name in chosen {
+            let patch = json!({"metadata": {"annotations": {
+                PRESERVE_ANNOTATION: Preserve::AutoPreserved.as_str()}}});
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+            info!(set = %set.name_any(), machine = %name, "auto-preserving the failed machine");
+            if let Some(i) = owned.iter().position(|m| m.name_any() == name) {
+                owned[i].annotations_mut().insert(
+                    PRESERVE_ANNOTATION.into(),
+                    Preserve::AutoPreserved.as_str().into(),
+                );
+                wishes[i] = wish_of(&ctx, &owned[i]);
+            }
+        }
+    }
+    let pairs: Vec<(&Machine, Wish)> = owned.iter().zip(wishes.iter().cloned()).collect();
+    let kept: Vec<&Machine> = pairs
+        .iter()
+        .filter(|(m, w)| preserved::keeps(m, w, now))
+        .map(|(m, _)| *m)
+        .collect();
     let refs: Vec<&Machine> = owned.iter().collect();
+    let planned: Vec<&Machine> = owned
+        .iter()
+        .filter(|m| !kept.iter().any(|k| k.name_any() == m.name_any()))
+        .collect();
     let mut plan = plan_set(
         set.spec.replicas,
-        &refs,
+        &planned,
         replaces_drifted(&set),
         set.spec.min_ready_seconds,
         now,
@@ -247,7 +283,7 @@ pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action
     }
 
     let old = set.status.clone().unwrap_or_default();
-    let status = census::set_status(
+    let mut status = census::set_status(
         &old,
         set.metadata.generation,
         &template_labels,
@@ -256,16 +292,45 @@ pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action
         failure.as_ref().map(|(r, m)| (*r, m.as_str())),
         now,
     );
+    let auto = count(preserved::auto_preserved(&pairs, now));
+    status.auto_preserve_failed_machine_count =
+        (auto > 0 || set.spec.auto_preserve_failed_machine_max.is_some()).then_some(auto);
+    status.preserved_failed_replicas = count(kept.len());
     write_status(&set, &ctx, &old, status).await?;
 
     let next = if failure.is_some() {
         ctx.next_backoff(&uid)
     } else {
         ctx.reset_backoff(&uid);
+        // A kept machine is deleted once its preservation ends; one about
+        // to be preserved is looked at again soon.
+        let preservation_ends = kept.iter().map(|m| match preserved::expiry(m) {
+            Some(until) => Duration::try_from(now.duration_until(until))
+                .unwrap_or_default()
+                .saturating_add(Duration::from_secs(1)),
+            None => PRESERVATION_PENDING,
+        });
         census::next_available(&refs, set.spec.min_ready_seconds, now)
-            .map_or(RESYNC, |d| d + Duration::from_secs(1))
+            .map(|d| d + Duration::from_secs(1))
+            .into_iter()
+            .chain(preservation_ends)
+            .min()
+            .map_or(RESYNC, |d| d.min(RESYNC))
     };
     Ok(Action::requeue(next))
+}
+
+/// The preserve value in force for `m` (its Node's, from the cache, wins).
+fn wish_of(ctx: &Context, m: &Machine) -> Wish {
+    let node = m
+        .labels()
+        .get(NODE_LABEL)
+        .and_then(|name| ctx.nodes.get(&ObjectRef::new(name)));
+    preservation::wish(node.as_ref().map(|n| n.annotations()), m.annotations())
+}
+
+fn count(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
 }
 
 /// Requeue policy after an error: per-object backoff.

@@ -10,6 +10,8 @@
 //!   spec hash, the `Drifted` condition);
 //! - [`autoscaler`]: cluster-autoscaler's protocol (the trigger-deletion
 //!   annotation, scale-down protection of Nodes during rollouts; pure);
+//! - [`preserved`]: which Failed machines a set keeps for preservation and
+//!   auto-preserves, and its counts (pure);
 //! - [`replacement`]: at most one machine of a deployment is failed for
 //!   health (and replaced) at a time.
 //! - [`in_place`]: the template fields that change in place (node template,
@@ -22,5 +24,6 @@ pub mod expectations;
 pub mod in_place;
 pub mod machine_deployment;
 pub mod machine_set;
+pub mod preserved;
 pub mod replacement;
 pub mod rollout;

@@ -11,7 +11,7 @@
 //!
 //! Beside it in this room: [`phase`] (the phase state machine, pure),
 //! [`drain`] (cordon and evict), [`launch_record`] (what a Machine remembers
-//! of its launch).
+//! of its launch), [`preservation`] (which machines are preserved, pure).
 
 mod apply;
 mod cleanup;
@@ -21,6 +21,8 @@ pub mod drain_clock;
 pub mod launch_record;
 mod observe;
 pub mod phase;
+pub mod preservation;
+mod preserving;
 
 use std::sync::Arc;
 use std::time::Duration;

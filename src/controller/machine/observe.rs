@@ -17,6 +17,7 @@ use kube::runtime::reflector::ObjectRef;
 use super::apply::TagSync;
 use super::phase;
 use super::phase::{InstanceHealth, NodeHealth, Timeouts};
+use super::preserving;
 use super::{CONDITION_CONFIG_VALID, CONDITION_TAGS_APPLIED, entered};
 use crate::api::machine::{Machine, MachineStatus, NODE_LABEL};
 use crate::api::shared::{
@@ -201,6 +202,15 @@ pub(super) async fn observe(
         Timestamp::now(),
     );
     let (decision, failure_permit) = replacement::gate(ctx, m, decision).await;
+    // In the same write as the phase: a set must never see a machine Failed
+    // that is about to be preserved without its expiry.
+    let preserved = preserving::tend(
+        m,
+        ctx,
+        node.as_deref(),
+        decision.phase == MachinePhase::Failed,
+    )
+    .await;
     let old = m.status.clone().unwrap_or_default();
     let changed_phase = current.map(|c| c.0) != Some(decision.phase);
     let mut status = old.clone();
@@ -208,7 +218,7 @@ pub(super) async fn observe(
         phase: Some(decision.phase),
         timeout_active: decision.timeout_active,
         last_update_time: Some(Time(decision.since)),
-        ..old.current_status.clone()
+        preserve_expiry_time: preserved.expiry.map(Time),
     };
     // A create or update step reported failing by an earlier pass, that
     // this pass got through. (Failed machines keep their last words.)
@@ -293,9 +303,12 @@ pub(super) async fn observe(
         MachinePhase::Failed => Duration::from_secs(600),
         _ => ctx.config.instance_sync_period,
     };
+    let recheck = [decision.recheck_after, preserved.recheck]
+        .into_iter()
+        .flatten()
+        .min();
     Ok(Action::requeue(
-        decision
-            .recheck_after
+        recheck
             .map_or(next, |d| d.min(next))
             .max(Duration::from_secs(1)),
     ))

@@ -119,6 +119,20 @@ pub fn plan(node: &Node, template: &NodeTemplateSpec) -> Option<Value> {
     if (last != wanted || writing) && recorded != Some(&value) {
         annotations.insert(LAST_APPLIED_ANNOTATION.into(), Value::String(value));
     }
+    node_merge_patch(node, labels, annotations, taints)
+}
+
+/// A JSON merge patch of a Node's labels and annotations (key by key,
+/// `null` removes) and, when given, its whole taint list, carrying the
+/// Node's `resourceVersion` then, so that a taint someone added meanwhile is
+/// never lost (the API server answers 409). `None` when there is nothing to
+/// write.
+pub(super) fn node_merge_patch(
+    node: &Node,
+    labels: Map<String, Value>,
+    annotations: Map<String, Value>,
+    taints: Option<Vec<Taint>>,
+) -> Option<Value> {
     if labels.is_empty() && annotations.is_empty() && taints.is_none() {
         return None;
     }
