@@ -56,6 +56,9 @@ fn weight(m: &Machine, just_marked: &BTreeSet<String>) -> usize {
     } else {
         match m.phase() {
             Some(MachinePhase::Running | MachinePhase::Unknown) => 0,
+            // Preserved: kept, not replaced (its replacement, while it
+            // comes up, counts on its own).
+            Some(MachinePhase::Failed) if super::preserved::expiry(m).is_some() => 0,
             _ => 1,
         }
     }
@@ -298,6 +301,19 @@ mod tests {
         let terminating = machine("t").phase(Terminating).build();
         let with: Vec<&Machine> = refs.iter().copied().chain([&terminating]).collect();
         assert_eq!(in_progress(&with, &none()), 2);
+    }
+
+    #[test]
+    fn a_preserved_failed_machine_is_not_being_replaced() {
+        let mut kept = machine("kept").phase(Failed).build();
+        if let Some(s) = kept.status.as_mut() {
+            s.current_status.preserve_expiry_time = Some(
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(100)),
+            );
+        }
+        let ms = [kept, machine("b").phase(Unknown).build()];
+        let refs: Vec<&Machine> = ms.iter().collect();
+        assert_eq!(may_mark_failed(&refs, &none()), Ok(()));
     }
 
     #[test]
