@@ -25,6 +25,7 @@ mod lifecycle;
 mod memory;
 mod node_template;
 mod observability;
+mod preservation;
 mod proxy;
 mod resilience;
 mod samples;

@@ -157,12 +157,17 @@ fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 
 /// The value of a Node's Ready condition: "True", "False" or "Unknown".
 pub fn ready_status(node: &Node) -> Option<&str> {
+    condition_status(node, "Ready")
+}
+
+/// The status of the Node's condition `type_`, if it has one.
+pub fn condition_status<'a>(node: &'a Node, type_: &str) -> Option<&'a str> {
     node.status
         .as_ref()?
         .conditions
         .as_ref()?
         .iter()
-        .find(|c| c.type_ == "Ready")
+        .find(|c| c.type_ == type_)
         .map(|c| c.status.as_str())
 }
 
