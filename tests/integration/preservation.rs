@@ -1,7 +1,8 @@
 //! Machine preservation (MCM v0.62): `node.machine.sapcloud.io/preserve`
 //! on a Node or Machine, `machinePreserveTimeout`, a set's
 //! `autoPreserveFailedMachineMax`, and what preserved machines mean for a
-//! set's replacements and scale-down order.
+//! set's replacements and scale-down order, and recovery of a preserved
+//! Failed machine.
 
 use std::time::Duration;
 
@@ -170,9 +171,13 @@ async fn a_failed_machine_preserved_when_failed_is_kept_replaced_and_deleted_at_
             .any(|p| p.name_any().starts_with("agent-") && p.metadata.deletion_timestamp.is_none()),
         "the DaemonSet pod stays"
     );
-    // The kubelet comes back (the machine stays Failed): it finishes the
-    // evicted pod, so that the deletion at expiry needs no forced drain.
-    s.kubelet.set_ready(&node, true);
+    // Nobody finishes pods on a NotReady node: the test does, so that the
+    // deletion at expiry needs no forced drain.
+    let now = kube::api::DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    let _ = pods.delete(&workload.name_any(), &now).await;
 
     // Kept, and replaced: two Running machines besides the preserved one.
     eventually_or(
@@ -352,4 +357,41 @@ async fn scale_down_removes_a_machine_that_is_not_preserved_first() {
     merge_patch(&sets(&s), "shrink", json!({"spec": {"replicas": 1}})).await;
     let left = wait_pool(&s, "shrink", 1, 2 * MINUTE).await;
     assert_eq!(left[0].name_any(), newest, "the preserved machine stays");
+}
+
+#[tokio::test]
+async fn a_preserved_failed_machine_whose_node_recovers_runs_again() {
+    let s = Scenario::start_with("back", false, &["--machine-health-timeout=5s"]).await;
+    s.create_machine("r1").await;
+    let m = s.wait_phase("r1", MachinePhase::Running, 2 * MINUTE).await;
+    let node = m.labels()[NODE_LABEL].clone();
+    preserve_machine(&s, "r1", "when-failed").await;
+    s.kubelet.set_ready(&node, false);
+    wait_machine_until(&s, "r1", "the machine Failed and preserved", MINUTE, |m| {
+        m.phase() == Some(MachinePhase::Failed) && expiry(m).is_some()
+    })
+    .await;
+    wait_node_until(&s, &node, "the node tainted", tainted).await;
+
+    s.kubelet.set_ready(&node, true);
+    let back = wait_machine_until(
+        &s,
+        "r1",
+        "Running again, no longer preserved",
+        MINUTE,
+        |m| m.phase() == Some(MachinePhase::Running) && expiry(m).is_none(),
+    )
+    .await;
+    assert_eq!(
+        back.annotations().get(PRESERVE).map(String::as_str),
+        Some("when-failed"),
+        "kept for the next failure"
+    );
+    wait_node_until(
+        &s,
+        &node,
+        "taint and protection gone, Preserved False",
+        |n| !tainted(n) && !protected(n) && preserved_condition(n).as_deref() == Some("False"),
+    )
+    .await;
 }

@@ -193,14 +193,31 @@ pub(super) async fn observe(
                 .collect()
         })
         .unwrap_or_else(|| ctx.config.node_conditions.clone());
-    let decision = phase::decide(
-        current,
-        created,
-        &instance_health(instance),
-        &node_health(node.as_deref(), &conditions),
-        timeouts(m, ctx),
-        Timestamp::now(),
+    let (instance_now, node_now) = (
+        instance_health(instance),
+        node_health(node.as_deref(), &conditions),
     );
+    let preserved_before = m
+        .status
+        .as_ref()
+        .is_some_and(|s| s.current_status.preserve_expiry_time.is_some());
+    let decision = phase::recovered(
+        current,
+        preserved_before,
+        &instance_now,
+        &node_now,
+        Timestamp::now(),
+    )
+    .unwrap_or_else(|| {
+        phase::decide(
+            current,
+            created,
+            &instance_now,
+            &node_now,
+            timeouts(m, ctx),
+            Timestamp::now(),
+        )
+    });
     let (decision, failure_permit) = replacement::gate(ctx, m, decision).await;
     // In the same write as the phase: a set must never see a machine Failed
     // that is about to be preserved without its expiry.

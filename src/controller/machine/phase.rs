@@ -12,6 +12,9 @@
 //! Timestamps move only on transitions, so the computed status is stable from
 //! one reconcile to the next and never retriggers the controller by itself.
 //!
+//! A preserved Failed machine whose Node is healthy again is Running
+//! ([`recovered`]); any other Failed machine stays Failed.
+//!
 //! `disableHealthTimeout` (MCM, for in-place update pools) keeps an unhealthy
 //! machine Unknown for good. Whether a machine whose health timeout ran out
 //! may actually become Failed now is not decided here: at most one machine
@@ -195,6 +198,30 @@ pub fn decide(
     }
 }
 
+/// A preserved Failed machine whose instance runs and whose Node is healthy
+/// again recovers to Running (MCM v0.62); Failed stays terminal otherwise.
+/// `None` when this does not apply, and [`decide`] has the say.
+pub fn recovered(
+    current: Option<(MachinePhase, Timestamp)>,
+    preserved: bool,
+    instance: &InstanceHealth,
+    node: &NodeHealth,
+    now: Timestamp,
+) -> Option<PhaseDecision> {
+    let failed = current.is_some_and(|(p, _)| p == MachinePhase::Failed);
+    (failed && preserved && *instance == InstanceHealth::Up && *node == NodeHealth::Healthy).then(
+        || PhaseDecision {
+            phase: MachinePhase::Running,
+            since: now,
+            timeout_active: false,
+            description: "Preserved machine recovered: it is running and its node is healthy"
+                .into(),
+            recheck_after: None,
+            health_timeout: false,
+        },
+    )
+}
+
 /// `1h30m`-style rendering for messages.
 pub fn human(d: Duration) -> String {
     let s = d.as_secs();
@@ -223,6 +250,25 @@ mod tests {
 
     fn unhealthy() -> NodeHealth {
         NodeHealth::Unhealthy("Ready is False".into())
+    }
+
+    #[test]
+    fn only_a_preserved_failed_machine_recovers() {
+        let failed = Some((Failed, at(0)));
+        let up = InstanceHealth::Up;
+        let healthy = NodeHealth::Healthy;
+        let d = recovered(failed, true, &up, &healthy, at(5)).unwrap();
+        assert_eq!((d.phase, d.since), (Running, at(5)));
+        assert_eq!(recovered(failed, false, &up, &healthy, at(5)), None);
+        assert_eq!(recovered(failed, true, &up, &unhealthy(), at(5)), None);
+        let gone = InstanceHealth::Gone("terminated".into());
+        assert_eq!(recovered(failed, true, &gone, &healthy, at(5)), None);
+        assert_eq!(
+            recovered(Some((Unknown, at(0))), true, &up, &healthy, at(5)),
+            None
+        );
+        // Not preserved, Failed stays Failed whatever the node says.
+        assert_eq!(decide(failed, at(0), &up, &healthy, T, at(5)).phase, Failed);
     }
 
     #[test]
