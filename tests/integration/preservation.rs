@@ -14,7 +14,10 @@ use mcm_provider_aws::api::machine::{Machine, NODE_LABEL};
 use mcm_provider_aws::api::shared::MachinePhase;
 use serde_json::json;
 
-use crate::support::fleet::{apply, fleet_json, is_running, merge_patch, pool, sets, wait_pool};
+use crate::support::fleet::{
+    apply, apply_deployment, deployments, fleet_json, is_running, merge_patch, pool, sets,
+    wait_pool, wait_rolled_out,
+};
 use crate::support::kubelet::{condition_status, daemonset_pod_on_node, pod_on_node};
 use crate::support::scenario::Scenario;
 use crate::support::wait::eventually_or;
@@ -392,6 +395,40 @@ async fn a_preserved_failed_machine_whose_node_recovers_runs_again() {
         &node,
         "taint and protection gone, Preserved False",
         |n| !tainted(n) && !protected(n) && preserved_condition(n).as_deref() == Some("False"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_deployment_passes_its_limit_to_its_set_and_counts_preserved_machines() {
+    let s = Scenario::start_with("mcd", false, &["--machine-health-timeout=5s"]).await;
+    let extra = json!({"autoPreserveFailedMachineMax": 1,
+                       "template": {"spec": {"machinePreserveTimeout": "10m"}}});
+    apply_deployment(&s, "mcd", 1, extra).await;
+    let ms = wait_rolled_out(&s, "mcd", 1, 3 * MINUTE).await;
+    let original = ms[0].name_any();
+    let owned = sets(&s).list(&Default::default()).await.unwrap().items;
+    assert_eq!(owned.len(), 1);
+    assert_eq!(owned[0].spec.auto_preserve_failed_machine_max, Some(1));
+    s.kubelet.set_ready(&ms[0].labels()[NODE_LABEL], false);
+
+    wait_machine_until(&s, &original, "the machine auto-preserved", MINUTE, |m| {
+        m.phase() == Some(MachinePhase::Failed) && expiry(m).is_some()
+    })
+    .await;
+    eventually_or(
+        "the deployment counts the preserved machine beside a Running replacement",
+        2 * MINUTE,
+        || async {
+            let st = deployments(&s).get("mcd").await.ok()?.status?;
+            let running = pool(&s, "mcd")
+                .await
+                .iter()
+                .filter(|m| is_running(m))
+                .count();
+            (st.preserved_failed_replicas == 1 && running == 1).then_some(())
+        },
+        || s.op.log(),
     )
     .await;
 }
