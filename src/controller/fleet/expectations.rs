@@ -34,6 +34,12 @@ pub enum Write {
     /// The object was adopted by the owner: the cache shows that (or the
     /// object gone).
     Adopted,
+    /// The owner let the object go: the cache shows another controller or
+    /// none (or the object gone).
+    Released,
+    /// The owner set annotation `.0` to `.1`: the cache shows that value (or
+    /// the object gone).
+    Annotated(String, String),
 }
 
 /// One owner's writes not yet seen, by object name, with when.
@@ -111,6 +117,10 @@ fn shown<K: Resource>(owner: &str, write: &Write, cached: Option<&K>) -> bool {
         Write::Deleted => meta.is_none_or(|m| m.deletion_timestamp.is_some()),
         Write::Generation(g) => meta.is_none_or(|m| m.generation.unwrap_or_default() >= *g),
         Write::Adopted => meta.is_none_or(|m| ownership::controller_uid(m) == Some(owner)),
+        Write::Released => meta.is_none_or(|m| ownership::controller_uid(m) != Some(owner)),
+        Write::Annotated(key, value) => {
+            meta.is_none_or(|m| m.annotations.as_ref().and_then(|a| a.get(key)) == Some(value))
+        }
     }
 }
 
@@ -187,6 +197,27 @@ mod tests {
             ..OwnerReference::default()
         }]);
         assert!(e.caught_up("uid-1", |_| Some(Arc::new(owned.clone()))));
+    }
+
+    #[test]
+    fn an_annotation_is_awaited_until_its_value_shows() {
+        let e = Expectations::default();
+        e.wrote("set", "m-1", Write::Annotated("k".into(), "v".into()));
+        assert!(!e.caught_up("set", |_| Some(machine(1))));
+        let mut marked = (*machine(1)).clone();
+        marked
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert("k".into(), "v".into());
+        assert!(e.caught_up("set", |_| Some(Arc::new(marked.clone()))));
+    }
+
+    #[test]
+    fn a_release_is_awaited_until_the_owner_reference_is_gone() {
+        let e = Expectations::default();
+        e.wrote("uid-1", "m-1", Write::Released);
+        assert!(e.caught_up("uid-1", |_| Some(machine(1))));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::core::SelectorExt;
+use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::{self, Action};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -33,6 +33,7 @@ use tracing::{info, warn};
 use super::autoscaler::PRIORITY_DEFAULT;
 use super::census::{self, MACHINE_PRIORITY_ANNOTATION, plan_set, slow_start_batches};
 use super::drift::REPLACE_ON_DRIFT_ANNOTATION;
+use super::expectations::Write;
 use super::in_place;
 use super::preserved;
 use crate::api::machine::{Machine, NODE_LABEL};
@@ -83,10 +84,37 @@ where
     (run, store)
 }
 
+/// The Machines of `ns` under `selector`: from the Machine cache when it
+/// shows every write of set `uid`, else listed live.
+async fn machines_under(
+    ctx: &Context,
+    ns: &str,
+    uid: &str,
+    selector: &Selector,
+    api: &Api<Machine>,
+) -> Result<Vec<Machine>> {
+    ctx.caches_synced().await?;
+    let store = &ctx.machines;
+    if ctx
+        .expectations
+        .caught_up(uid, |name| store.get(&ObjectRef::new(name).within(ns)))
+    {
+        return Ok(store
+            .state()
+            .iter()
+            .filter(|m| m.namespace().as_deref() == Some(ns) && selector.matches(m.labels()))
+            .map(|m| (**m).clone())
+            .collect());
+    }
+    let query = ListParams::default().labels(&selector.to_string());
+    Ok(api.list(&query).await?.items)
+}
+
 /// Reconciles one MachineSet; see the module docs.
 pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action> {
     if set.metadata.deletion_timestamp.is_some() {
         // The garbage collector deletes the machines.
+        ctx.expectations.forget(&set.uid().unwrap_or_default());
         return Ok(Action::await_change());
     }
     let ns = set
@@ -113,17 +141,18 @@ pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action
 
     // Claim: machines under the selector that are ours or free; release ours
     // whose labels no longer match.
+    // From the Machine cache once it shows every write of this set (see
+    // [`expectations`](super::expectations)); live while it lags.
     let api = Api::<Machine>::namespaced(ctx.client.clone(), &ns);
-    let listed = api
-        .list(&ListParams::default().labels(&selector.to_string()))
-        .await?;
+    let listed = machines_under(&ctx, &ns, &uid, &selector, &api).await?;
     let mut owned: Vec<Machine> = Vec::new();
-    for m in listed.items {
+    for m in listed {
         match ownership::claim(&uid, &m.metadata) {
             Claim::Owned => owned.push(m),
             Claim::Adopt => {
                 match ownership::adopt(&api, &m, ownership::controller_ref(set.as_ref())).await {
                     Ok(()) => {
+                        ctx.expectations.wrote(&uid, &m.name_any(), Write::Adopted);
                         info!(set = %set.name_any(), machine = %m.name_any(), "adopted machine");
                         owned.push(m);
                     }
@@ -139,6 +168,8 @@ pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action
             && !selector.matches(m.labels())
     }) {
         ownership::release(&api, stray, &uid).await?;
+        ctx.expectations
+            .wrote(&uid, &stray.name_any(), Write::Released);
         info!(set = %set.name_any(), machine = %stray.name_any(), "released machine that no longer matches the selector");
     }
 
@@ -150,12 +181,17 @@ pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action
     {
         if let Some(spec) = in_place::patch(&m.spec, &set.spec.template.spec) {
             let patch = json!({"spec": spec});
-            api.patch(
-                &m.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await?;
+            let patched = api
+                .patch(
+                    &m.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await?;
+            if let Some(generation) = patched.metadata.generation {
+                ctx.expectations
+                    .wrote(&uid, &m.name_any(), Write::Generation(generation));
+            }
             info!(set = %set.name_any(), machine = %m.name_any(), "updated the machine's node template and configuration in place");
         }
     }
@@ -172,6 +208,14 @@ pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action
                 PRESERVE_ANNOTATION: Preserve::AutoPreserved.as_str()}}});
             api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await?;
+            ctx.expectations.wrote(
+                &uid,
+                &name,
+                Write::Annotated(
+                    PRESERVE_ANNOTATION.into(),
+                    Preserve::AutoPreserved.as_str().into(),
+                ),
+            );
             info!(set = %set.name_any(), machine = %name, "auto-preserving the failed machine");
             if let Some(i) = owned.iter().position(|m| m.name_any() == name) {
                 owned[i].annotations_mut().insert(
@@ -214,6 +258,7 @@ pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action
         for (name, result) in results {
             match result {
                 Ok(_) => {
+                    ctx.expectations.wrote(&uid, name, Write::Deleted);
                     publish(
                         &ctx,
                         &*set,
@@ -248,6 +293,7 @@ pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action
             for result in results {
                 match result {
                     Ok(m) => {
+                        ctx.expectations.wrote(&uid, &m.name_any(), Write::Created);
                         publish(
                             &ctx,
                             &*set,
