@@ -395,6 +395,12 @@ impl Agent {
             .await
             .map_err(|e| format!("register status of Node {name}: {e}"))?;
         let mut shared = lock(&self.shared);
+        // A readiness forced on this name was about the previous instance
+        // that had it (EC2 reuses private IPs, and with them node names):
+        // the new kubelet reports its own.
+        if shared.owners.get(&name).is_some_and(|owner| owner != id) {
+            shared.forced_ready.remove(&name);
+        }
         shared.owners.insert(name.clone(), id.to_string());
         shared.nodes.insert(id.to_string(), name);
         Ok(())
