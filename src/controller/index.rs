@@ -110,14 +110,14 @@ where
     pub fn observe(&self, event: &Event<K>) {
         let mut g = self.maps.lock().unwrap_or_else(|p| p.into_inner());
         match event {
-            Event::Apply(obj) => g.live.insert(obj.to_object_ref(()), (self.keys_of)(obj)),
-            Event::Delete(obj) => g.live.remove(&obj.to_object_ref(())),
+            Event::Apply(obj) => g.live.insert(bare_ref(obj), (self.keys_of)(obj)),
+            Event::Delete(obj) => g.live.remove(&bare_ref(obj)),
             Event::Init => g.relist = Some(Maps::default()),
             Event::InitApply(obj) => {
                 let keys = (self.keys_of)(obj);
                 g.relist
                     .get_or_insert_with(Maps::default)
-                    .insert(obj.to_object_ref(()), keys);
+                    .insert(bare_ref(obj), keys);
             }
             Event::InitDone => {
                 if let Some(fresh) = g.relist.take() {
@@ -136,6 +136,15 @@ where
             .map(|set| set.iter().cloned().collect())
             .unwrap_or_default()
     }
+}
+
+/// A reference by namespace and name only: the index holds one per object
+/// and key, and the uid and resourceVersion `to_object_ref` adds (ignored by
+/// equality anyway) would double its size.
+fn bare_ref<K: Lookup<DynamicType = ()>>(obj: &K) -> ObjectRef<K> {
+    let mut r = obj.to_object_ref(());
+    r.extra = Default::default();
+    r
 }
 
 /// Index key of the objects naming Node `name`.

@@ -194,6 +194,21 @@ async fn run_instances(s: &Scenario, spec: &Value, n: usize) -> Vec<(String, Str
             .build(),
     );
     let tags = tags.build();
+    // The scenario's subnet (a /20) holds 4091 instances; these get a /17
+    // of the same VPC.
+    let second_octet = s.net.cidr.split('.').nth(1).unwrap();
+    let subnet = s
+        .ec2
+        .create_subnet()
+        .vpc_id(&s.net.vpc_id)
+        .cidr_block(format!("10.{second_octet}.128.0/17"))
+        .availability_zone(ZONE)
+        .send()
+        .await
+        .expect("CreateSubnet")
+        .subnet
+        .and_then(|s| s.subnet_id)
+        .expect("a subnet id");
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
         let count = (n - out.len()).min(500) as i32;
@@ -202,7 +217,7 @@ async fn run_instances(s: &Scenario, spec: &Value, n: usize) -> Vec<(String, Str
             .run_instances()
             .image_id(spec["ami"].as_str().unwrap())
             .instance_type(aws_sdk_ec2::types::InstanceType::M5Large)
-            .subnet_id(&s.net.subnet_id)
+            .subnet_id(&subnet)
             .min_count(count)
             .max_count(count)
             .tag_specifications(tags.clone())
