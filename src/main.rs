@@ -26,7 +26,9 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::Reporter;
 use kube::{Client, Config};
 use mcm_provider_aws::admin::{Endpoints, parse_bind_address};
+use mcm_provider_aws::aws::bucket_override::{BucketOverride, BucketOverrides};
 use mcm_provider_aws::aws::credential_policy::{ArnPattern, CredentialPolicy};
+use mcm_provider_aws::aws::rate_limit::RateLimitConfig;
 use mcm_provider_aws::controller::{self, ControllerConfig};
 use mcm_provider_aws::health::{CACHES, Check, EC2_CREDENTIALS, Health, LEADER_ELECTION};
 use mcm_provider_aws::kube_metrics::counting_layer;
@@ -111,6 +113,19 @@ struct Cli {
     /// Machines reconciled at once.
     #[arg(long, env = "MCM_CONCURRENCY", default_value_t = 16)]
     concurrency: u16,
+
+    /// Share of each of EC2's API token buckets (per account and Region)
+    /// the operator claims, leaving the rest to other tools (0.5: half;
+    /// 1: all of it).
+    #[arg(long, env = "MCM_EC2_API_SHARE", default_value_t = RateLimitConfig::DEFAULT_FRACTION, value_parser = api_share)]
+    ec2_api_share: f64,
+
+    /// An account's raised EC2 limit for one bucket,
+    /// `<bucket>=<capacity>:<refill per second>` (comma-separated or
+    /// repeated), e.g. `RunInstances=20:10` or `RunInstances.instances=2000:4`;
+    /// the API share applies to it too.
+    #[arg(long, env = "MCM_EC2_BUCKET_OVERRIDE", value_delimiter = ',', value_parser = bucket_override)]
+    ec2_bucket_override: Vec<Option<BucketOverride>>,
 
     /// Log format.
     #[arg(long, env = "MCM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -216,6 +231,25 @@ struct BindAddress(Option<SocketAddr>);
 
 fn bind_address(s: &str) -> Result<BindAddress, String> {
     parse_bind_address(s).map(BindAddress)
+}
+
+/// A share of EC2's buckets: above 0, at most 1.
+fn api_share(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 1.0 => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a share above 0 and at most 1 (e.g. 0.5)"
+        )),
+    }
+}
+
+/// A bucket override, or nothing for the empty string (an empty list, as
+/// the chart passes it).
+fn bucket_override(s: &str) -> Result<Option<BucketOverride>, String> {
+    if s.trim().is_empty() {
+        return Ok(None);
+    }
+    s.parse().map(Some)
 }
 
 /// A role ARN pattern, or the empty string (an empty list, as the chart
@@ -377,6 +411,10 @@ async fn reconcile(
         instance_sync_period: cli.instance_sync_period,
         orphan_collection_interval: cli.orphan_collection_interval,
         concurrency: cli.concurrency,
+        rate_limits: RateLimitConfig {
+            fraction: cli.ec2_api_share,
+            overrides: BucketOverrides::of(cli.ec2_bucket_override.into_iter().flatten()),
+        },
         bootstrap_token_auth_extra_groups: cli
             .bootstrap_token_auth_extra_groups
             .into_iter()
@@ -467,6 +505,37 @@ mod tests {
         assert_eq!(duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert!(duration("two hours").is_err());
         assert!(duration("-5s").is_err());
+    }
+
+    #[test]
+    fn the_ec2_api_share_and_bucket_overrides_parse() {
+        let cli = Cli::parse_from(["machine-controller"]);
+        assert_eq!(cli.ec2_api_share, 0.5);
+        assert!(cli.ec2_bucket_override.is_empty());
+        let cli = Cli::parse_from([
+            "machine-controller",
+            "--ec2-api-share=1",
+            "--ec2-bucket-override=RunInstances=20:10,RunInstances.instances=2000:4",
+            "--ec2-bucket-override=",
+        ]);
+        assert_eq!(cli.ec2_api_share, 1.0);
+        let set: Vec<String> = cli
+            .ec2_bucket_override
+            .iter()
+            .flatten()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(set, ["RunInstances=20:10", "RunInstances.instances=2000:4"]);
+        for bad in ["0", "1.5", "-0.1", "half"] {
+            assert!(
+                Cli::try_parse_from(["machine-controller", &format!("--ec2-api-share={bad}")])
+                    .is_err(),
+                "{bad}"
+            );
+        }
+        assert!(
+            Cli::try_parse_from(["machine-controller", "--ec2-bucket-override=Nope=1:1"]).is_err()
+        );
     }
 
     #[test]

@@ -46,6 +46,8 @@ use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Jitter, Quota, RateLimiter};
 
+use super::bucket_override::BucketOverrides;
+
 /// Size and refill rate of one token bucket.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BucketSpec {
@@ -236,6 +238,9 @@ pub struct RateLimitConfig {
     /// [`MIN_FRACTION`](Self::MIN_FRACTION)..=[`MAX_FRACTION`](Self::MAX_FRACTION)
     /// (or not finite) are clamped / replaced by the default.
     pub fraction: f64,
+    /// The account's own limits where AWS raised them (`--ec2-bucket-override`);
+    /// the fraction applies to them as well.
+    pub overrides: BucketOverrides,
 }
 
 impl RateLimitConfig {
@@ -251,6 +256,7 @@ impl RateLimitConfig {
     pub fn scaled(self, factor: f64) -> Self {
         RateLimitConfig {
             fraction: self.fraction * factor,
+            ..self
         }
     }
 
@@ -261,6 +267,17 @@ impl RateLimitConfig {
         } else {
             Self::DEFAULT_FRACTION
         }
+    }
+
+    /// Our share of a request bucket (the account's limit: its override,
+    /// else AWS's default).
+    pub fn request(&self, b: RequestBucket) -> BucketSpec {
+        self.apply(self.overrides.request(b))
+    }
+
+    /// Our share of a resource bucket.
+    pub fn resource(&self, b: ResourceBucket) -> BucketSpec {
+        self.apply(self.overrides.resource(b))
     }
 
     /// Our share of an AWS bucket: at least one token of capacity, so that
@@ -283,6 +300,7 @@ impl Default for RateLimitConfig {
     fn default() -> Self {
         RateLimitConfig {
             fraction: Self::DEFAULT_FRACTION,
+            overrides: BucketOverrides::default(),
         }
     }
 }
@@ -318,8 +336,8 @@ impl<C: Clock + Clone> Ec2RateLimiter<C> {
     /// Buckets on the given clock (tests use governor's
     /// `FakeRelativeClock`).
     pub fn with_clock(config: RateLimitConfig, clock: C) -> Self {
-        let bucket = |aws: BucketSpec| {
-            let (quota, capacity) = quota(config.apply(aws));
+        let bucket = |ours: BucketSpec| {
+            let (quota, capacity) = quota(ours);
             (
                 RateLimiter::direct_with_clock(quota, clock.clone()),
                 capacity,
@@ -329,11 +347,11 @@ impl<C: Clock + Clone> Ec2RateLimiter<C> {
             config,
             requests: RequestBucket::ALL
                 .iter()
-                .map(|b| (*b, bucket(b.aws_limit()).0))
+                .map(|b| (*b, bucket(config.request(*b)).0))
                 .collect(),
             resources: ResourceBucket::ALL
                 .iter()
-                .map(|b| (*b, bucket(b.aws_limit())))
+                .map(|b| (*b, bucket(config.resource(*b))))
                 .collect(),
         }
     }
@@ -525,11 +543,18 @@ mod tests {
     fn bad_fractions_fall_back_or_clamp() {
         for fraction in [f64::NAN, f64::INFINITY, -1.0, 0.0] {
             assert_eq!(
-                RateLimitConfig { fraction }.effective_fraction(),
+                RateLimitConfig {
+                    fraction,
+                    ..Default::default()
+                }
+                .effective_fraction(),
                 RateLimitConfig::DEFAULT_FRACTION
             );
         }
-        let tiny = RateLimitConfig { fraction: 1e-12 };
+        let tiny = RateLimitConfig {
+            fraction: 1e-12,
+            ..Default::default()
+        };
         assert_eq!(tiny.effective_fraction(), RateLimitConfig::MIN_FRACTION);
         // Still usable: one token, a slow refill, no panic building it.
         let (limiter, _) = limiter(tiny);
@@ -602,6 +627,31 @@ mod tests {
                     5000
                 )
                 .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_raised_limit_gets_the_same_share() {
+        let config = RateLimitConfig {
+            fraction: 1.0,
+            overrides: BucketOverrides::of(["RunInstances=10:5".parse().unwrap()]),
+        };
+        let (limiter, _) = limiter(config);
+        for i in 0..10 {
+            assert!(limiter.try_acquire("RunInstances").is_ok(), "call {i}");
+        }
+        assert!(limiter.try_acquire("RunInstances").is_err());
+        let half = RateLimitConfig {
+            fraction: 0.5,
+            ..config
+        };
+        assert_eq!(
+            half.request(RequestBucket::RunInstances),
+            BucketSpec::new(5, 2.5)
+        );
+        assert_eq!(
+            half.resource(ResourceBucket::RunInstances),
+            BucketSpec::new(500, 1.0)
         );
     }
 

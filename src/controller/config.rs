@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::aws::credential_policy::CredentialPolicy;
+use crate::aws::rate_limit::RateLimitConfig;
 
 /// MCM's default node conditions that make a machine unhealthy when true.
 pub const DEFAULT_NODE_CONDITIONS: &[&str] = &[
@@ -45,6 +46,8 @@ pub struct ControllerConfig {
     pub orphan_collection_interval: Duration,
     /// Reconciles running at once per controller.
     pub concurrency: u16,
+    /// How much of EC2's API limits the operator claims.
+    pub rate_limits: RateLimitConfig,
     /// Which identities a MachineClass may make the operator act as
     /// (default: only credentials the class brings).
     pub credentials: CredentialPolicy,
@@ -71,6 +74,7 @@ impl Default for ControllerConfig {
             instance_sync_period: Duration::from_secs(30),
             orphan_collection_interval: Duration::from_secs(15 * 60),
             concurrency: 16,
+            rate_limits: RateLimitConfig::default(),
             credentials: CredentialPolicy::default(),
             bootstrap_token_auth_extra_groups: Vec::new(),
         }

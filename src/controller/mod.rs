@@ -101,7 +101,7 @@ pub async fn run(
         client.clone(),
         target.clone(),
         config.clone(),
-        Ec2Clients::default(),
+        Ec2Clients::new(config.rate_limits),
         &watches,
         reads.clone(),
         reporter,

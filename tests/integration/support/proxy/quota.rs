@@ -68,6 +68,7 @@ impl QuotaConfig {
     fn size(&self, aws: BucketSpec) -> BucketSpec {
         RateLimitConfig {
             fraction: self.scale,
+            ..RateLimitConfig::default()
         }
         .apply(aws)
     }
