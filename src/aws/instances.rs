@@ -3,7 +3,9 @@
 //! Machines do not each ask EC2 about their instance. Per credentials+region
 //! the view keeps one snapshot of every instance carrying the machine-UID tag,
 //! fetched with one paginated DescribeInstances; a read older than the sync
-//! period refreshes it, and concurrent readers share that one refresh. Instances
+//! period refreshes it, and concurrent readers share that one refresh. The
+//! snapshot also holds the instances of batched launches whose per-machine
+//! tags have not followed yet (they carry the launch tag). Instances
 //! outside the snapshot (adopted from MCM, or just launched) are looked up by
 //! ID directly.
 
@@ -17,7 +19,7 @@ use k8s_openapi::api::core::v1::NodeAddress;
 use super::clients::{ClientKey, Ec2Handle};
 use super::errors::{Ec2Error, ErrorClass};
 use super::launch::PostLaunchState;
-use super::tags::{MACHINE_NAME_TAG, MACHINE_UID_TAG};
+use super::tags::{LAUNCH_TAG, MACHINE_NAME_TAG, MACHINE_UID_TAG};
 
 /// EC2 instance states, as far as machines care.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +67,9 @@ pub struct InstanceInfo {
     pub tags: BTreeMap<String, String>,
     /// Source/destination check and IPv6 prefixes, as EC2 reports them.
     pub post_launch: PostLaunchState,
+    /// Position in its launch (`AmiLaunchIndex`): which Machine of a
+    /// batched launch it is.
+    pub launch_index: Option<i32>,
 }
 
 /// Addresses of an instance besides its private DNS name.
@@ -107,6 +112,17 @@ impl InstanceInfo {
     pub fn machine_name(&self) -> Option<&str> {
         self.tags.get(MACHINE_NAME_TAG).map(String::as_str)
     }
+
+    /// The batched launch it came from (`<namespace>/<token>`), if any.
+    pub fn launch(&self) -> Option<&str> {
+        self.tags.get(LAUNCH_TAG).map(String::as_str)
+    }
+
+    /// Whether it is the instance of slot `index` of launch `launch_tag`.
+    pub fn is_launch_slot(&self, launch_tag: &str, index: u32) -> bool {
+        self.launch() == Some(launch_tag)
+            && self.launch_index.and_then(|i| u32::try_from(i).ok()) == Some(index)
+    }
 }
 
 impl From<&Instance> for InstanceInfo {
@@ -141,6 +157,7 @@ impl From<&Instance> for InstanceInfo {
                 .and_then(|p| p.availability_zone())
                 .map(str::to_string),
             post_launch: PostLaunchState::from(i),
+            launch_index: i.ami_launch_index(),
             tags: i
                 .tags()
                 .iter()
@@ -220,6 +237,19 @@ pub async fn by_machine_uid(handle: &Ec2Handle, uid: &str) -> Result<Vec<Instanc
     describe(handle, vec![filter], vec![]).await
 }
 
+/// Every instance of the batched launch tagged `launch_tag` (all states),
+/// asked of EC2 directly.
+pub async fn by_launch(
+    handle: &Ec2Handle,
+    launch_tag: &str,
+) -> Result<Vec<InstanceInfo>, Ec2Error> {
+    let filter = Filter::builder()
+        .name(format!("tag:{LAUNCH_TAG}"))
+        .values(launch_tag)
+        .build();
+    describe(handle, vec![filter], vec![]).await
+}
+
 /// One instance by ID, asked of EC2 directly; `None` when EC2 does not know it.
 pub async fn by_id(handle: &Ec2Handle, id: &str) -> Result<Option<InstanceInfo>, Ec2Error> {
     match describe(handle, vec![], vec![id.to_string()]).await {
@@ -232,6 +262,41 @@ pub async fn by_id(handle: &Ec2Handle, id: &str) -> Result<Option<InstanceInfo>,
 /// How old a snapshot may be served when refreshing it fails.
 fn stale_limit(max_age: Duration) -> Duration {
     (max_age * 10).max(Duration::from_secs(60))
+}
+
+/// Refreshes `snap` when it is older than `max_age`: every instance with the
+/// Machine-UID tag or the launch tag (one paginated, filtered call).
+async fn refresh_if_older(
+    handle: &Ec2Handle,
+    snap: &mut Snapshot,
+    max_age: Duration,
+) -> Result<(), Ec2Error> {
+    if snap.fetched.is_some_and(|t| t.elapsed() <= max_age) {
+        return Ok(());
+    }
+    let filter = Filter::builder()
+        .name("tag-key")
+        .values(MACHINE_UID_TAG)
+        .values(LAUNCH_TAG)
+        .build();
+    match describe(handle, vec![filter], vec![]).await {
+        Ok(all) => {
+            snap.by_id = all.into_iter().map(|i| (i.id.clone(), i)).collect();
+            snap.fetched = Some(Instant::now());
+            Ok(())
+        }
+        // While EC2 throttles or fails, a somewhat older snapshot is
+        // better than failing every machine's reconcile.
+        Err(e)
+            if snap
+                .fetched
+                .is_some_and(|t| t.elapsed() < stale_limit(max_age)) =>
+        {
+            tracing::debug!(error = %e, "serving a stale instance snapshot");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 #[derive(Default)]
@@ -266,33 +331,27 @@ impl InstanceView {
     ) -> Result<Option<InstanceInfo>, Ec2Error> {
         let slot = self.slot(&handle.key);
         let mut snap = slot.lock().await;
-        if snap.fetched.is_none_or(|t| t.elapsed() > max_age) {
-            let filter = Filter::builder()
-                .name("tag-key")
-                .values(MACHINE_UID_TAG)
-                .build();
-            match describe(handle, vec![filter], vec![]).await {
-                Ok(all) => {
-                    snap.by_id = all.into_iter().map(|i| (i.id.clone(), i)).collect();
-                    snap.fetched = Some(Instant::now());
-                }
-                // While EC2 throttles or fails, a somewhat older snapshot is
-                // better than failing every machine's reconcile.
-                Err(e)
-                    if snap
-                        .fetched
-                        .is_some_and(|t| t.elapsed() < stale_limit(max_age)) =>
-                {
-                    tracing::debug!(error = %e, "serving a stale instance snapshot");
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        refresh_if_older(handle, &mut snap, max_age).await?;
         if let Some(found) = snap.by_id.get(id) {
             return Ok(Some(found.clone()));
         }
         drop(snap);
         by_id(handle, id).await
+    }
+
+    /// Every instance of the snapshot (at most `max_age` old) for which
+    /// `pick` holds: one shared DescribeInstances for all machines asking,
+    /// instead of one each.
+    pub async fn find(
+        &self,
+        handle: &Ec2Handle,
+        max_age: Duration,
+        pick: impl Fn(&InstanceInfo) -> bool,
+    ) -> Result<Vec<InstanceInfo>, Ec2Error> {
+        let slot = self.slot(&handle.key);
+        let mut snap = slot.lock().await;
+        refresh_if_older(handle, &mut snap, max_age).await?;
+        Ok(snap.by_id.values().filter(|i| pick(i)).cloned().collect())
     }
 
     /// Records what an operation just learned (a launch, a termination), so

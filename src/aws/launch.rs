@@ -370,15 +370,9 @@ fn tag_specifications(ctx: &LaunchContext<'_>) -> Vec<TagSpecification> {
         tags::NAME_TAG,
         tags::MACHINE_UID_TAG,
         tags::MACHINE_NAME_TAG,
+        tags::LAUNCH_TAG,
     ];
-    let machine_tags = [
-        (tags::NAME_TAG, ctx.machine_name.to_owned()),
-        (tags::MACHINE_UID_TAG, ctx.machine_uid.to_owned()),
-        (
-            tags::MACHINE_NAME_TAG,
-            format!("{}/{}", ctx.machine_namespace, ctx.machine_name),
-        ),
-    ];
+    let machine_tags = tags::machine_tags(ctx.machine_name, ctx.machine_namespace, ctx.machine_uid);
     let all_tags: Vec<Tag> = ctx
         .spec
         .tags

@@ -2,6 +2,7 @@
 //! building, error classes, client-side rate limiting and the batched view of
 //! instances.
 
+pub mod batch;
 pub mod bucket_override;
 pub mod clients;
 pub mod credential_policy;

@@ -9,6 +9,20 @@ pub const MACHINE_UID_TAG: &str = "machine.sapcloud.io/machine-uid";
 pub const MACHINE_NAME_TAG: &str = "machine.sapcloud.io/machine";
 /// Tag carrying the Machine's name, shown by the EC2 console.
 pub const NAME_TAG: &str = "Name";
+/// Tag naming the batched launch an instance came from,
+/// `<namespace>/<launch token>` (see `aws::batch`): until the per-machine
+/// tags follow, it and the instance's `AmiLaunchIndex` say whose it is.
+pub const LAUNCH_TAG: &str = "machine.sapcloud.io/launch";
+
+/// The tags that say which Machine an instance is: [`NAME_TAG`],
+/// [`MACHINE_UID_TAG`] and [`MACHINE_NAME_TAG`].
+pub fn machine_tags(name: &str, namespace: &str, uid: &str) -> [(&'static str, String); 3] {
+    [
+        (NAME_TAG, name.to_owned()),
+        (MACHINE_UID_TAG, uid.to_owned()),
+        (MACHINE_NAME_TAG, format!("{namespace}/{name}")),
+    ]
+}
 
 /// The RunInstances `ClientToken` for a Machine: EC2 returns the instance of
 /// the first call for every retry with the same token (tokens are at most 64

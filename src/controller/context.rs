@@ -20,8 +20,10 @@ use super::fleet::replacement::FailureGate;
 use super::index::Index;
 use super::machine::drain::Drainer;
 use super::reads::Reads;
+use super::machine::launch_batch::LaunchBatches;
 use crate::api::machine::Machine;
 use crate::api::machine_set::MachineSet;
+use crate::aws::batch::terminate::Terminations;
 use crate::aws::clients::Ec2Clients;
 use crate::aws::images::ImageCache;
 use crate::aws::instances::InstanceView;
@@ -45,6 +47,10 @@ pub struct Context {
     pub images: ImageCache,
     /// Batched, cached DescribeInstances per credentials + region.
     pub instances: InstanceView,
+    /// Windows and answers of batched RunInstances.
+    pub launches: LaunchBatches,
+    /// Batched TerminateInstances per credentials + region.
+    pub terminations: Terminations,
     /// Nodes of the target cluster (trimmed, see [`super::caches`]).
     pub nodes: Store<Node>,
     /// Nodes by the instance ID of their providerID.
@@ -101,6 +107,8 @@ impl Context {
             ec2,
             images: ImageCache::default(),
             instances: InstanceView::default(),
+            launches: LaunchBatches::default(),
+            terminations: Terminations::default(),
             nodes: watches.nodes.clone(),
             node_index: watches.node_index.clone(),
             machines: watches.machines.clone(),

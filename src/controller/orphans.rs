@@ -21,8 +21,10 @@ use tracing::{debug, info, warn};
 
 use super::context::{Context, store_ready};
 use super::error::Result;
+use super::machine::launch_record::LaunchRecord;
 use crate::api::machine::Machine;
 use crate::api::machine_class::MachineClass;
+use crate::aws::batch::launch::launch_tag;
 use crate::aws::credentials::{CredentialSource, merge_secret_data};
 use crate::aws::instances::{self, InstanceInfo, instance_id_from_provider_id};
 
@@ -132,12 +134,18 @@ fn machines_api(ctx: &Context) -> Api<Machine> {
     }
 }
 
-/// The Machine UIDs and instance IDs (from providerIDs) that `machines` claim.
+/// The Machine UIDs and instance IDs (from providerIDs) that `machines`
+/// claim; the UIDs include the slots of batched launches the machines
+/// recorded (see [`launch_slot_claim`]).
 fn claims<'a>(machines: impl Iterator<Item = &'a Machine>) -> (BTreeSet<String>, BTreeSet<String>) {
     let mut uids = BTreeSet::new();
     let mut ids = BTreeSet::new();
     for m in machines {
         uids.extend(m.uid());
+        if let Some(slot) = LaunchRecord::from_annotations(m.annotations()).and_then(|r| r.batch) {
+            let tag = launch_tag(&m.namespace().unwrap_or_default(), &slot.token);
+            uids.insert(launch_slot_claim(&tag, i64::from(slot.index)));
+        }
         if let Some(id) = m
             .spec
             .provider_id
@@ -193,6 +201,12 @@ pub(crate) async fn class_credentials(
     }
 }
 
+/// How a Machine's slot in a batched launch is claimed among the UIDs:
+/// `<launch tag>#<index>` (no UID has a `#`).
+fn launch_slot_claim(launch_tag: &str, index: i64) -> String {
+    format!("{launch_tag}#{index}")
+}
+
 /// Whether an instance (already known to carry the cluster and role tags)
 /// belongs to no Machine we know of.
 pub fn is_orphan(
@@ -201,10 +215,20 @@ pub fn is_orphan(
     known_ids: &BTreeSet<String>,
     namespace: Option<&str>,
 ) -> bool {
-    if known_ids.contains(&i.id) || i.machine_uid().is_some_and(|u| known_uids.contains(u)) {
+    let slot = i
+        .launch()
+        .zip(i.launch_index)
+        .map(|(tag, index)| launch_slot_claim(tag, i64::from(index)));
+    if known_ids.contains(&i.id)
+        || i.machine_uid().is_some_and(|u| known_uids.contains(u))
+        || slot.is_some_and(|s| known_uids.contains(&s))
+    {
         return false;
     }
-    match (namespace, i.machine_name().and_then(|n| n.split_once('/'))) {
+    // A batched launch's instance names its namespace in the launch tag
+    // until the Machine's own tags follow.
+    let owner = i.machine_name().or(i.launch());
+    match (namespace, owner.and_then(|n| n.split_once('/'))) {
         (Some(ours), Some((theirs, _))) => ours == theirs,
         // Namespace-scoped and no name tag: not provably ours.
         (Some(_), None) => false,
@@ -232,6 +256,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             post_launch: Default::default(),
+            launch_index: None,
         }
     }
 
@@ -255,6 +280,26 @@ mod tests {
             &ids,
             None
         ));
+    }
+
+    #[test]
+    fn a_batched_instance_is_kept_while_a_machine_claims_its_slot() {
+        use crate::aws::tags::LAUNCH_TAG;
+        let slot = |index| InstanceInfo {
+            launch_index: Some(index),
+            ..instance("i-9", &[(LAUNCH_TAG, "team-a/batch-1")])
+        };
+        let claimed = BTreeSet::from([launch_slot_claim("team-a/batch-1", 0)]);
+        let none = BTreeSet::new();
+        assert!(!is_orphan(&slot(0), &claimed, &none, Some("team-a")));
+        assert!(
+            is_orphan(&slot(1), &claimed, &none, Some("team-a")),
+            "a slot no machine recorded"
+        );
+        assert!(
+            !is_orphan(&slot(1), &claimed, &none, Some("team-b")),
+            "the launch tag names the namespace"
+        );
     }
 
     #[test]

@@ -194,11 +194,17 @@ async fn settings_ec2_takes_only_after_launch_are_applied() {
     .await;
     s.create_machine("nat").await;
     s.wait_phase("nat", MachinePhase::Running, 2 * MINUTE).await;
-    let live = s.live_instances().await;
-    assert_eq!(live.len(), 1);
-    assert_eq!(
-        live[0].source_dest_check(),
-        Some(false),
-        "source/dest check disabled"
-    );
+    // Applied once the shared instance view shows the instance running
+    // (within one sync period), which may be after the Node joined.
+    eventually_or(
+        "the source/dest check to be disabled",
+        MINUTE,
+        || async {
+            let live = s.live_instances().await;
+            (live.len() == 1 && live[0].source_dest_check() == Some(false)).then_some(())
+        },
+        || s.op.log(),
+    )
+    .await;
+    assert_eq!(s.live_instances().await.len(), 1);
 }

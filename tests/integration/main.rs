@@ -7,6 +7,7 @@ mod support;
 
 mod addresses;
 mod autoscaler;
+mod batch;
 mod bench;
 mod blocked_drain;
 mod bootstrap_token;

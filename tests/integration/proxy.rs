@@ -308,7 +308,12 @@ async fn bursting_past_a_request_bucket_is_throttled_per_account_until_it_refill
 #[tokio::test]
 async fn run_instances_draws_max_count_from_the_instance_bucket() {
     // AWS's own sizes: 1000 instance tokens, 2 a second; 5 requests.
-    let (proxy, net) = proxy_with(ProxyBehaviour::default().with_quotas(QuotaConfig::aws())).await;
+    // One instance a call whatever it asks (the proxy would start MaxCount,
+    // as EC2 does): the buckets count what was asked.
+    let behaviour = ProxyBehaviour::default()
+        .with_quotas(QuotaConfig::aws())
+        .with_launch_at_most(1);
+    let (proxy, net) = proxy_with(behaviour).await;
     let ec2 = proxy.client(KEY);
     let ask = |max: i32| {
         ec2.run_instances()
@@ -318,7 +323,7 @@ async fn run_instances_draws_max_count_from_the_instance_bucket() {
             .max_count(max)
             .send()
     };
-    // Asking for up to 1000 empties the bucket (moto launches MinCount).
+    // Asking for up to 1000 empties the bucket.
     ask(1000)
         .await
         .expect("the first call fits the full bucket");

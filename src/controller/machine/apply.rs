@@ -16,6 +16,7 @@ use super::create::{
     class_version, create, creation_timed_out, ensure_post_launch, launch_record,
     launch_within_grace, write_launch_record,
 };
+use super::launch_batch;
 use super::launch_record::LaunchRecord;
 use super::observe::{node_for, observe, report_invalid};
 use super::{RECHECK_SOON, Resolved, annotate, merge_patch, reported, resolve};
@@ -120,6 +121,9 @@ pub(super) async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
         // Tags are bookkeeping: a refused CreateTags/DeleteTags (e.g. a
         // policy without ec2:CreateTags) is reported (condition, Event,
         // lastOperation), and health checks and phases go on.
+        if let Err(e) = launch_batch::ensure_machine_tags(m, ctx, &handle, &instance).await {
+            debug!(machine = %m.name_any(), error = %e, "the machine's own tags follow later");
+        }
         tags = Some(
             match sync_tags(m, ctx, &resolved, &handle, &instance, &recorded).await {
                 Ok(()) => TagSync::Applied,
@@ -415,7 +419,7 @@ pub(super) async fn attached_resources(handle: &Ec2Handle, id: &str) -> Result<V
 
 /// Finds the Machine's instance: by providerID through the shared view, else
 /// (never launched, or launched by a process that died before recording it)
-/// by the Machine-UID tag, asking EC2 directly.
+/// by the Machine-UID tag or its batched launch (see [`launch_batch::find`]).
 pub(super) async fn locate(
     m: &Machine,
     handle: &Ec2Handle,
@@ -432,11 +436,7 @@ pub(super) async fn locate(
             .get(handle, id, ctx.config.instance_sync_period)
             .await?);
     }
-    let uid = m.uid().unwrap_or_default();
-    let mut found = instances::by_machine_uid(handle, &uid).await?;
-    // Prefer a live instance; a terminated one only explains what happened.
-    found.sort_by_key(|i| i.state.is_gone());
-    Ok(found.into_iter().next())
+    launch_batch::find(m, handle, ctx).await
 }
 
 /// Sets `spec.providerID` and the `node` label once the instance is known.

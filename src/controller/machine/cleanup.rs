@@ -22,8 +22,10 @@ use super::observe::{node_belongs, node_by_name, report_failure, write_status};
 use super::{RECHECK_SOON, entered, humantime_minutes, resolve};
 use crate::api::machine::{Machine, NODE_LABEL};
 use crate::api::shared::{LastOperation, MachineOperationType, MachinePhase, MachineState};
+use crate::aws::batch::launch::launch_tag;
+use crate::aws::clients::Ec2Handle;
 use crate::aws::errors::ErrorClass;
-use crate::aws::instances::{self, InstanceState, instance_id_from_provider_id};
+use crate::aws::instances::{self, InstanceInfo, InstanceState, instance_id_from_provider_id};
 use crate::controller::context::Context;
 use crate::controller::error::{Error, Result};
 use crate::controller::events::publish;
@@ -31,7 +33,6 @@ use crate::controller::node::bootstrap_token;
 
 pub(super) async fn cleanup(m: &Machine, ctx: &Context) -> Result<Action> {
     let name = m.name_any();
-    let uid = m.uid().unwrap_or_default();
     // Entering deletion; later steps describe their progress, and a failure
     // reported by an earlier pass stays visible until a step moves on.
     if m.status.as_ref().and_then(|s| s.current_status.phase) != Some(MachinePhase::Terminating) {
@@ -50,20 +51,10 @@ pub(super) async fn cleanup(m: &Machine, ctx: &Context) -> Result<Action> {
         None => Some(resolve(m, ctx).await?.handle),
     };
 
-    // Every instance of this Machine, as EC2 shows it now.
+    // Every instance of this Machine, as the shared view shows it.
     let mut found = Vec::new();
     if let Some(handle) = &handle {
-        found = instances::by_machine_uid(handle, &uid).await?;
-        if let Some(id) = m
-            .spec
-            .provider_id
-            .as_deref()
-            .and_then(instance_id_from_provider_id)
-            && !found.iter().any(|i| i.id == id)
-            && let Some(i) = instances::by_id(handle, id).await?
-        {
-            found.push(i);
-        }
+        found = instances_of(m, ctx, handle).await?;
     }
     // Once every instance is on its way out, draining is moot.
     let termination_started = !found.is_empty() && found.iter().all(|i| i.state.is_gone());
@@ -99,17 +90,20 @@ pub(super) async fn cleanup(m: &Machine, ctx: &Context) -> Result<Action> {
             .map(|i| i.id.clone())
             .collect();
         if !alive.is_empty() {
-            let req = handle
-                .client
-                .terminate_instances()
-                .set_instance_ids(Some(alive.clone()));
-            match handle
-                .call_instances("TerminateInstances", alive.len(), req.send())
-                .await
-            {
-                Ok(_) => {}
+            // Together with every other machine deleted now (one call per
+            // credentials + Region), then seen as shutting down until the
+            // view's next refresh says more.
+            match ctx.terminations.terminate(handle, alive.clone()).await {
+                Ok(()) => {}
                 Err(e) if e.class == ErrorClass::NotFound => {}
                 Err(e) => return Err(e.into()),
+            }
+            for i in found.iter().filter(|i| alive.contains(&i.id)) {
+                let going = InstanceInfo {
+                    state: InstanceState::ShuttingDown,
+                    ..i.clone()
+                };
+                ctx.instances.record(&handle.key, going).await;
             }
             info!(machine = %name, instances = ?alive, "terminating");
             publish(
@@ -198,6 +192,49 @@ pub(super) async fn cleanup(m: &Machine, ctx: &Context) -> Result<Action> {
     .await;
     ctx.orphan_wakeup.notify_one();
     Ok(Action::await_change())
+}
+
+/// Every instance of this Machine: those with its UID tag or in its slot of
+/// a batched launch, and the one its providerID names, from the shared view
+/// (one DescribeInstances per sync period for all deletions, not one per
+/// machine and pass). When the view shows none although a launch was
+/// recorded, EC2 is asked directly: a stale view must never leak one.
+async fn instances_of(m: &Machine, ctx: &Context, handle: &Ec2Handle) -> Result<Vec<InstanceInfo>> {
+    let uid = m.uid().unwrap_or_default();
+    let ns = m.namespace().unwrap_or_default();
+    let slot = LaunchRecord::from_annotations(m.annotations())
+        .and_then(|r| r.batch)
+        .map(|s| (launch_tag(&ns, &s.token), s.index));
+    let ours = |i: &InstanceInfo| {
+        i.machine_uid() == Some(uid.as_str())
+            || slot
+                .as_ref()
+                .is_some_and(|(tag, index)| i.is_launch_slot(tag, *index))
+    };
+    let max_age = ctx.config.instance_sync_period;
+    let mut found = ctx.instances.find(handle, max_age, ours).await?;
+    if found.is_empty() && !never_launched(m) {
+        found = instances::by_machine_uid(handle, &uid).await?;
+        if let Some((tag, _)) = &slot {
+            found.extend(
+                instances::by_launch(handle, tag)
+                    .await?
+                    .into_iter()
+                    .filter(|i| ours(i)),
+            );
+        }
+    }
+    if let Some(id) = m
+        .spec
+        .provider_id
+        .as_deref()
+        .and_then(instance_id_from_provider_id)
+        && !found.iter().any(|i| i.id == id)
+        && let Some(i) = ctx.instances.get(handle, id, max_age).await?
+    {
+        found.push(i);
+    }
+    Ok(found)
 }
 
 /// An instance of this Machine may exist that EC2 does not show yet: its

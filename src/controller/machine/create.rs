@@ -12,6 +12,7 @@ use kube::runtime::events::EventType;
 use tracing::info;
 
 use super::apply::ensure_identity;
+use super::launch_batch;
 use super::launch_record;
 use super::launch_record::{LaunchRecord, StaleToken};
 use super::observe::{report_failure, report_invalid, timeouts, write_status};
@@ -19,6 +20,8 @@ use super::{PLACEMENT_ANNOTATION, RECHECK_SOON, Resolved, annotate, entered, hum
 use crate::api::machine::Machine;
 use crate::api::machine_class::MachineClass;
 use crate::api::shared::{LastOperation, MachineOperationType, MachinePhase, MachineState};
+use aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder;
+
 use crate::aws::clients::Ec2Handle;
 use crate::aws::credentials::user_data;
 use crate::aws::errors::{Ec2Error, ErrorClass};
@@ -131,6 +134,21 @@ pub(super) async fn create(m: &Machine, ctx: &Context, r: &Resolved) -> Result<A
         .and_then(|a| a.get(PLACEMENT_ANNOTATION))
         .or_else(|| m.annotations().get(PLACEMENT_ANNOTATION))
         .map(String::as_str);
+    let launch = LaunchContext {
+        machine_name: &name,
+        bootstrap_token: None,
+        machine_namespace: &ns,
+        machine_uid: &uid,
+        client_token: &uid,
+        spec,
+        user_data: user_data.as_deref(),
+        root_device_name: root.as_deref(),
+        placement_annotation: placement,
+    };
+    if launch_batch::applies(m, user_data.as_deref()) {
+        let request = request_for(m, ctx, r, &launch).await?;
+        return launch_batch::create(m, ctx, r, request, user_data.as_deref()).await;
+    }
     let Some(record) = record_launch(m, ctx, r, bootstrap.as_ref()).await? else {
         return Ok(Action::requeue(RECHECK_SOON));
     };
@@ -139,24 +157,11 @@ pub(super) async fn create(m: &Machine, ctx: &Context, r: &Resolved) -> Result<A
     }
     let token = record.client_token(&uid);
     let launch = LaunchContext {
-        machine_name: &name,
         bootstrap_token: bootstrap.as_ref().map(|t| &t.token),
-        machine_namespace: &ns,
-        machine_uid: &uid,
         client_token: &token,
-        spec,
-        user_data: user_data.as_deref(),
-        root_device_name: root.as_deref(),
-        placement_annotation: placement,
+        ..launch
     };
-    let request = match build_run_instances(r.handle.client.run_instances(), &launch) {
-        Ok(req) => req,
-        Err(e) => {
-            let msg = e.to_string();
-            report_invalid(m, ctx, &msg).await?;
-            return Err(Error::Invalid(msg));
-        }
-    };
+    let request = request_for(m, ctx, r, &launch).await?;
     // No SDK-level retries: capacity errors come back as HTTP 500, which the
     // SDK would retry at once; the controller's own policy decides instead.
     // (Retrying is safe either way: the ClientToken makes it idempotent.)
@@ -191,6 +196,38 @@ pub(super) async fn create(m: &Machine, ctx: &Context, r: &Resolved) -> Result<A
     ctx.instances.record(&r.handle.key, instance.clone()).await;
     let launched_from = r.effective.annotations(&spec.tags);
     ensure_identity(m, ctx, &instance, &spec.region, &launched_from).await?;
+    announce_launch(ctx, m, &instance, spec).await;
+
+    // Settings EC2 only takes after launch (MCM's InitializeMachine) follow
+    // on the next passes, from what EC2 reports (`ensure_post_launch`).
+    Ok(Action::requeue(RECHECK_SOON))
+}
+
+/// The RunInstances request of `launch`; a request that cannot be built
+/// is an invalid configuration, reported on the Machine.
+async fn request_for(
+    m: &Machine,
+    ctx: &Context,
+    r: &Resolved,
+    launch: &LaunchContext<'_>,
+) -> Result<RunInstancesFluentBuilder> {
+    match build_run_instances(r.handle.client.run_instances(), launch) {
+        Ok(req) => Ok(req),
+        Err(e) => {
+            let msg = e.to_string();
+            report_invalid(m, ctx, &msg).await?;
+            Err(Error::Invalid(msg))
+        }
+    }
+}
+
+/// The Normal Event of a launch.
+pub(super) async fn announce_launch(
+    ctx: &Context,
+    m: &Machine,
+    instance: &InstanceInfo,
+    spec: &crate::api::provider_spec::AWSProviderSpec,
+) {
     publish(
         ctx,
         m,
@@ -208,10 +245,6 @@ pub(super) async fn create(m: &Machine, ctx: &Context, r: &Resolved) -> Result<A
         ),
     )
     .await;
-
-    // Settings EC2 only takes after launch (MCM's InitializeMachine) follow
-    // on the next passes, from what EC2 reports (`ensure_post_launch`).
-    Ok(Action::requeue(RECHECK_SOON))
 }
 
 /// The machine's bootstrap token for its user data (see
@@ -285,14 +318,7 @@ pub(super) async fn record_launch(
             secrets,
             ..rec.next_attempt(now)
         },
-        None => LaunchRecord {
-            attempt: 0,
-            region,
-            secrets,
-            started: now,
-            not_before: None,
-            bootstrap_token_id: None,
-        },
+        None => LaunchRecord::first(region, secrets, now),
     };
     record.bootstrap_token_id = token.map(|t| t.id.clone());
     write_launch_record(m, ctx, &record).await?;

@@ -20,6 +20,12 @@
 //!   anew means new user data, and so the next attempt
 //!   ([`LaunchRecord::after_new_user_data`]). The ID stays until the Secret
 //!   is deleted once the Node joined.
+//! - which batched launch the Machine belongs to, if any ([`BatchSlot`]:
+//!   the launch's token, the Machine's index in it and the launch's size;
+//!   see `aws::batch`): the launch's instances carry the launch tag, and
+//!   the Machine's is the one whose `AmiLaunchIndex` is its index. A restart
+//!   adopts it (or repeats the very same call, which EC2 answers with the
+//!   same instances) instead of launching again.
 //!
 //! Pure: parsing, serializing and the decisions; the reconciler does the I/O.
 
@@ -62,6 +68,24 @@ pub struct LaunchRecord {
     /// (`bootstrap-token-<id>` in the target cluster's `kube-system`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap_token_id: Option<String>,
+    /// The batched launch this attempt is part of (its token replaces the
+    /// per-machine one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchSlot>,
+}
+
+/// A Machine's place in a batched launch (one RunInstances with `MaxCount`
+/// = `count`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchSlot {
+    /// The launch's ClientToken (see `aws::batch::launch_token`).
+    pub token: String,
+    /// The Machine's instance is the one with this `AmiLaunchIndex`.
+    pub index: u32,
+    /// How many instances the launch asked for (`MaxCount`): repeating the
+    /// call must ask for the same.
+    pub count: u32,
 }
 
 impl LaunchRecord {
@@ -74,6 +98,19 @@ impl LaunchRecord {
             .and_then(|v| serde_json::from_str(v).ok())
     }
 
+    /// The record of a Machine's first launch attempt, starting `now`.
+    pub fn first(region: String, secrets: Vec<String>, now: Timestamp) -> LaunchRecord {
+        LaunchRecord {
+            attempt: 0,
+            region,
+            secrets,
+            started: now,
+            not_before: None,
+            bootstrap_token_id: None,
+            batch: None,
+        }
+    }
+
     /// The annotation value.
     pub fn to_annotation(&self) -> String {
         serde_json::to_string(self).expect("a launch record always serializes")
@@ -81,6 +118,9 @@ impl LaunchRecord {
 
     /// The `ClientToken` of this attempt (at most 64 characters, as EC2 asks).
     pub fn client_token(&self, machine_uid: &str) -> String {
+        if let Some(batch) = &self.batch {
+            return batch.token.clone();
+        }
         attempt_token(machine_uid, self.attempt)
     }
 
@@ -90,12 +130,14 @@ impl LaunchRecord {
         since(self.started, now) < VISIBILITY_GRACE
     }
 
-    /// The record of the next attempt (a fresh token), starting `now`.
+    /// The record of the next attempt (a fresh token, outside any batch),
+    /// starting `now`.
     pub fn next_attempt(&self, now: Timestamp) -> LaunchRecord {
         LaunchRecord {
             attempt: self.attempt.saturating_add(1),
             started: now,
             not_before: None,
+            batch: None,
             ..self.clone()
         }
     }
@@ -191,7 +233,40 @@ mod tests {
             started,
             not_before: None,
             bootstrap_token_id: None,
+            batch: None,
         }
+    }
+
+    #[test]
+    fn a_batch_slot_round_trips_and_its_token_wins() {
+        let r = LaunchRecord {
+            batch: Some(BatchSlot {
+                token: "batch-0123".into(),
+                index: 3,
+                count: 20,
+            }),
+            ..record(Timestamp::from_second(1_700_000_000).unwrap())
+        };
+        let mut a = BTreeMap::new();
+        a.insert(LAUNCH_ANNOTATION.to_string(), r.to_annotation());
+        assert!(
+            r.to_annotation()
+                .contains(r#""batch":{"token":"batch-0123","index":3,"count":20}"#)
+        );
+        assert_eq!(LaunchRecord::from_annotations(&a), Some(r.clone()));
+        assert_eq!(r.client_token(UID), "batch-0123");
+        let next = r.next_attempt(Timestamp::now());
+        assert_eq!(next.batch, None, "the next attempt is a launch of its own");
+        assert_eq!(next.client_token(UID), format!("{UID}-1"));
+        // Records written before batching read as single launches.
+        a.insert(
+            LAUNCH_ANNOTATION.to_string(),
+            r#"{"attempt":0,"region":"eu-west-1","started":"2023-11-14T22:13:20Z"}"#.into(),
+        );
+        assert_eq!(
+            LaunchRecord::from_annotations(&a).map(|r| r.batch),
+            Some(None)
+        );
     }
 
     #[test]

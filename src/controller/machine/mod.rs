@@ -18,6 +18,7 @@ mod cleanup;
 mod create;
 pub mod drain;
 pub mod drain_clock;
+pub mod launch_batch;
 pub mod launch_record;
 mod observe;
 pub mod phase;

@@ -27,7 +27,11 @@
 //!    reaching moto. Only instances launched through this proxy while the
 //!    switch is on are affected; switching it off makes them all visible
 //!    (on again, those still inside their window hide again).
-//! 3. ClientToken idempotency ([`ProxyBehaviour::client_tokens`], see
+//! 3. Launch counts (always, see `proxy/partial.rs`): a RunInstances starts
+//!    `MaxCount` instances as EC2 does (moto would start `MinCount`), or at
+//!    most [`ProxyBehaviour::launch_at_most`] (a partial launch, as EC2
+//!    makes when capacity runs short).
+//! 4. ClientToken idempotency ([`ProxyBehaviour::client_tokens`], see
 //!    `proxy/idempotency.rs`): a RunInstances repeating a token gets the
 //!    first response (same reservation and instance IDs, also after they
 //!    were terminated, nothing launched) when its parameters match, else
@@ -65,6 +69,7 @@ mod consistency;
 mod hold;
 mod http;
 mod idempotency;
+mod partial;
 mod query;
 mod quota;
 mod shutting_down;
@@ -99,6 +104,10 @@ pub enum Fault {
     Delay(Duration),
     /// An EC2 error response with this HTTP status and error code.
     Error(u16, &'static str),
+    /// The request is held this long, then the connection is reset without
+    /// the request reaching EC2 (a window to kill the caller in before its
+    /// call took effect).
+    Hold(Duration),
     /// The request reaches EC2 and takes effect, then the connection is
     /// reset instead of answered: the caller never learns the outcome (a
     /// crash or a network cut right after the call).
@@ -147,6 +156,8 @@ pub struct ProxyBehaviour {
     /// How long terminated instances report `shutting-down` (see
     /// `proxy/shutting_down.rs`).
     pub shutting_down: Option<Duration>,
+    /// RunInstances starts at most this many instances, whatever it asks.
+    pub launch_at_most: Option<u32>,
 }
 
 impl ProxyBehaviour {
@@ -172,6 +183,13 @@ impl ProxyBehaviour {
     pub fn with_consistency_window(self, window: Duration) -> ProxyBehaviour {
         ProxyBehaviour {
             consistency_window: Some(window),
+            ..self
+        }
+    }
+
+    pub fn with_launch_at_most(self, instances: u32) -> ProxyBehaviour {
+        ProxyBehaviour {
+            launch_at_most: Some(instances),
             ..self
         }
     }
@@ -385,6 +403,10 @@ async fn serve(
                 Response::ec2_error(status, "Error", code, &format!("Injected {code}"))
             }
             Some(Fault::Reset) => return reset(conn),
+            Some(Fault::Hold(d)) => {
+                tokio::time::sleep(d).await;
+                return reset(conn);
+            }
             Some(Fault::LoseResponse) => {
                 answer(upstream, &request, &ec2, state).await?;
                 return reset(conn);
@@ -464,7 +486,11 @@ async fn forward_and_learn(
     ec2: &Ec2Request,
     state: &Mutex<State>,
 ) -> std::io::Result<Response> {
-    let response = forward(upstream, request).await?;
+    let at_most = state.lock().unwrap().behaviour.launch_at_most;
+    let partial = (ec2.action == "RunInstances")
+        .then(|| partial::launch_count(request, at_most))
+        .flatten();
+    let response = forward(upstream, partial.as_ref().unwrap_or(request)).await?;
     let now = Instant::now();
     let mut s = state.lock().unwrap();
     let response = s.learn(ec2, response, now);
