@@ -199,6 +199,23 @@ impl Ec2Handle {
             .await
     }
 
+    /// [`call`](Self::call) when the rate limiter has the tokens right now;
+    /// `None` (nothing sent) when the call would have to wait. For work
+    /// that a later pass may do as well, so that it never holds up a
+    /// reconcile.
+    pub async fn call_if_ready<T, E, Fut>(
+        &self,
+        operation: &'static str,
+        request: Fut,
+    ) -> Option<Result<T, Ec2Error>>
+    where
+        Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        self.limiter.try_acquire(operation).ok()?;
+        Some(self.run(operation, async {}, request).await)
+    }
+
     /// [`call`](Self::call) for a Describe request that sets a filter or
     /// pagination (`MaxResults`), which AWS charges to the larger
     /// non-mutating bucket.

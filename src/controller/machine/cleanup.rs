@@ -202,7 +202,9 @@ pub(super) async fn cleanup(m: &Machine, ctx: &Context) -> Result<Action> {
 async fn instances_of(m: &Machine, ctx: &Context, handle: &Ec2Handle) -> Result<Vec<InstanceInfo>> {
     let uid = m.uid().unwrap_or_default();
     let ns = m.namespace().unwrap_or_default();
-    let slot = LaunchRecord::from_annotations(m.annotations())
+    let slot = ctx
+        .launches
+        .record_of(m)
         .and_then(|r| r.batch)
         .map(|s| (launch_tag(&ns, &s.token), s.index));
     let ours = |i: &InstanceInfo| {

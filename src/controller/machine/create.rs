@@ -145,7 +145,7 @@ pub(super) async fn create(m: &Machine, ctx: &Context, r: &Resolved) -> Result<A
         root_device_name: root.as_deref(),
         placement_annotation: placement,
     };
-    if launch_batch::applies(m, user_data.as_deref()) {
+    if launch_batch::applies(m, ctx, user_data.as_deref()) {
         let request = request_for(m, ctx, r, &launch).await?;
         return launch_batch::create(m, ctx, r, request, user_data.as_deref()).await;
     }

@@ -37,7 +37,7 @@ use crate::aws::batch::launch::{
 };
 use crate::aws::clients::Ec2Handle;
 use crate::aws::errors::{Ec2Error, ErrorClass};
-use crate::aws::instances::{self, InstanceInfo};
+use crate::aws::instances::{self, InstanceInfo, InstanceState};
 use crate::aws::tags::machine_tags;
 use crate::controller::context::Context;
 use crate::controller::error::Result;
@@ -91,6 +91,10 @@ struct Book {
     outcomes: HashMap<String, (Instant, Outcome)>,
     /// (token, Machine UID): refusals already reported to that member.
     reported: HashSet<(String, String)>,
+    /// The slot records this process wrote, by Machine UID: the Machine
+    /// cache may not show them yet, and a pass that read the Machine
+    /// before them must not launch it again.
+    written: HashMap<String, (Instant, LaunchRecord)>,
 }
 
 /// The windows and answers of batched launches. Cheap to clone.
@@ -119,6 +123,19 @@ enum Known {
 impl LaunchBatches {
     fn book(&self) -> std::sync::MutexGuard<'_, Book> {
         self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The Machine's launch record: the newer of its annotation and the one
+    /// this process wrote last (which the cached Machine may lag).
+    pub fn record_of(&self, m: &Machine) -> Option<LaunchRecord> {
+        let annotated = LaunchRecord::from_annotations(m.annotations());
+        let uid = m.uid().unwrap_or_default();
+        let written = self.book().written.get(&uid).map(|(_, r)| r.clone());
+        match (annotated, written) {
+            (Some(a), Some(w)) if w.started > a.started => Some(w),
+            (Some(a), _) => Some(a),
+            (None, w) => w,
+        }
     }
 
     fn known(&self, token: &str) -> Known {
@@ -185,9 +202,19 @@ impl LaunchBatches {
                 }),
                 ..m.base.clone()
             };
-            record_slot(client, m, record)
+            async move { record_slot(client, m, &record).await.then_some(record) }
         });
-        let written = join_all(writes).await.into_iter().filter(|ok| *ok).count();
+        let records = join_all(writes).await;
+        let written = records.iter().flatten().count();
+        {
+            let mut book = self.book();
+            book.written.retain(|_, (at, _)| at.elapsed() < OUTCOME_TTL);
+            for (m, record) in members.iter().zip(records) {
+                if let Some(record) = record {
+                    book.written.insert(m.uid.clone(), (Instant::now(), record));
+                }
+            }
+        }
         let namespace = members
             .first()
             .map(|m| m.namespace.clone())
@@ -262,7 +289,7 @@ impl LaunchBatches {
 /// Writes a member's launch record with its slot; false when that failed
 /// (its slot's instance then belongs to nobody and is collected as an
 /// orphan).
-async fn record_slot(client: &Client, m: &Member, record: LaunchRecord) -> bool {
+async fn record_slot(client: &Client, m: &Member, record: &LaunchRecord) -> bool {
     let patch = json!({"metadata": {"annotations": {LAUNCH_ANNOTATION: record.to_annotation()}}});
     match Api::<Machine>::namespaced(client.clone(), &m.namespace)
         .patch(&m.name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -292,9 +319,11 @@ async fn call(handle: &Ec2Handle, request: RunInstancesFluentBuilder, count: u32
 /// Whether this Machine's launch goes through a window: its user data is
 /// the same for every machine, and no single launch of it may still show
 /// up (a recent launch record without a slot continues as it started).
-pub(super) fn applies(m: &Machine, user_data: Option<&[u8]>) -> bool {
+pub(super) fn applies(m: &Machine, ctx: &Context, user_data: Option<&[u8]>) -> bool {
     shareable(user_data)
-        && LaunchRecord::from_annotations(m.annotations())
+        && ctx
+            .launches
+            .record_of(m)
             .is_none_or(|r| r.batch.is_some() || !r.within_grace(Timestamp::now()))
 }
 
@@ -309,7 +338,7 @@ pub(super) async fn create(
     user_data: Option<&[u8]>,
 ) -> Result<Action> {
     let now = Timestamp::now();
-    let record = LaunchRecord::from_annotations(m.annotations());
+    let record = ctx.launches.record_of(m);
     if let Some(wait) = record.as_ref().and_then(|rec| rec.wait_before_call(now)) {
         return Ok(Action::requeue(wait.min(RECHECK_SOON * 6)));
     }
@@ -409,9 +438,10 @@ async fn member(
     }
 }
 
-/// Makes `instance` the Machine's: providerID and drift baseline at once,
-/// its own tags right after (they may fail while EC2 does not show the
-/// instance yet; a later pass sets them, see [`ensure_machine_tags`]).
+/// Makes `instance` the Machine's: providerID and drift baseline at once.
+/// Its own tags follow on the next passes ([`ensure_machine_tags`]): EC2
+/// does not know a just-launched instance to other calls for a few
+/// seconds, and a CreateTags now would only be refused.
 async fn adopt(
     m: &Machine,
     ctx: &Context,
@@ -423,22 +453,22 @@ async fn adopt(
     ctx.instances.record(&r.handle.key, instance.clone()).await;
     let launched_from = r.effective.annotations(&spec.tags);
     ensure_identity(m, ctx, instance, &spec.region, &launched_from).await?;
-    if let Err(e) = ensure_machine_tags(m, ctx, &r.handle, instance).await {
-        debug!(machine = %m.name_any(), error = %e, "the machine's tags follow on a later pass");
-    }
     announce_launch(ctx, m, instance, spec).await;
     Ok(Action::requeue(RECHECK_SOON))
 }
 
 /// Gives an instance of a batched launch the Machine's own tags (Name,
 /// Machine UID, Machine) when it lacks them; nothing for other instances.
+/// Only once EC2 shows the instance running (before, EC2 may not know it to
+/// CreateTags yet) and only when CreateTags' bucket has a token now: tags
+/// never hold up a reconcile; a later pass sets them.
 pub(super) async fn ensure_machine_tags(
     m: &Machine,
     ctx: &Context,
     handle: &Ec2Handle,
     instance: &InstanceInfo,
 ) -> Result<()> {
-    if instance.launch().is_none() {
+    if instance.launch().is_none() || instance.state != InstanceState::Running {
         return Ok(());
     }
     let wanted = machine_tags(
@@ -458,7 +488,10 @@ pub(super) async fn ensure_machine_tags(
         .create_tags()
         .resources(&instance.id)
         .set_tags(Some(tags));
-    handle.call("CreateTags", req.send()).await?;
+    match handle.call_if_ready("CreateTags", req.send()).await {
+        Some(result) => result?,
+        None => return Ok(()),
+    };
     let mut tagged = instance.clone();
     tagged
         .tags
@@ -477,7 +510,7 @@ pub(super) async fn find(
     ctx: &Context,
 ) -> Result<Option<InstanceInfo>> {
     let uid = m.uid().unwrap_or_default();
-    let record = LaunchRecord::from_annotations(m.annotations());
+    let record = ctx.launches.record_of(m);
     let slot = record.as_ref().and_then(|r| r.batch.clone());
     if let Some(slot) = &slot {
         match ctx.launches.known(&slot.token) {
