@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 use kube::api::DeleteParams;
 use mcm_provider_aws::api::shared::MachinePhase;
 
+use crate::batch::shared_user_data_scenario;
+use crate::support::fleet::{apply_deployment, deployments, merge_patch, pool};
+use crate::support::proxy::ProxyBehaviour;
 use crate::support::scenario::Scenario;
 
 /// Flags as in production (30s instance sync, 15m orphan collection), so the
@@ -93,5 +96,99 @@ async fn bench_100_machines_to_running() {
         "BENCH {n} machines: all deleted after {:?}, EC2 calls {:?}",
         started.elapsed(),
         proxy.calls()
+    );
+}
+
+/// Batched launches under EC2's quotas (the proxy's request and resource
+/// buckets at a default account's sizes): a MachineDeployment of N
+/// (`BENCH_MACHINES`, default 100) machines whose user data may be shared,
+/// scaled up, then down to 0. `BENCH_API_SHARE` sets `--ec2-api-share`.
+#[tokio::test]
+#[ignore = "measurement; run with `make bench`"]
+async fn bench_batched_launch() {
+    let n: usize = std::env::var("BENCH_MACHINES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let share: f64 = std::env::var("BENCH_API_SHARE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.5);
+    let share_flag = format!("--ec2-api-share={share}");
+    let mut flags = PRODUCTION_FLAGS.to_vec();
+    flags.push(&share_flag);
+    let s = shared_user_data_scenario("bench-batch", ProxyBehaviour::like_ec2(), &flags).await;
+    let proxy = s.proxy.as_ref().unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.reset_counts();
+    let started = Instant::now();
+    apply_deployment(&s, "bench", n as i32, serde_json::json!({})).await;
+    let (mut with_instance, mut running) = (None, None);
+    let deadline = Duration::from_secs(1800);
+    while running.is_none() && started.elapsed() < deadline {
+        let machines = pool(&s, "bench").await;
+        let launched = machines
+            .iter()
+            .filter(|m| m.spec.provider_id.is_some())
+            .count();
+        let up = machines
+            .iter()
+            .filter(|m| m.phase() == Some(MachinePhase::Running))
+            .count();
+        if launched >= n && with_instance.is_none() {
+            with_instance = Some(started.elapsed());
+        }
+        if up >= n {
+            running = Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let create_calls = proxy.calls();
+    let create_total = proxy.total_calls();
+    let throttled = proxy.throttled();
+    let run_calls = create_calls
+        .get("RunInstances")
+        .copied()
+        .unwrap_or_default();
+    // What the operator's own buckets allow at this share: RunInstances
+    // calls at 2/s × share after a burst of 5 × share, instances at
+    // 2/s × share after a burst of 1000 × share.
+    let one_per_machine = (n as f64 - (5.0 * share).floor()).max(0.0) / (2.0 * share);
+    let resource_bound = (n as f64 - (1000.0 * share).floor()).max(0.0) / (2.0 * share);
+    println!(
+        "BENCH batched {n} machines (share {share}): all with instances after {with_instance:?}, all Running after {running:?}"
+    );
+    println!(
+        "BENCH batched {n} machines: {run_calls} RunInstances calls; one RunInstances per machine would need ≥ {one_per_machine:.0} s of calls, the instance bucket allows all after {resource_bound:.0} s"
+    );
+    println!(
+        "BENCH batched {n} machines: create→Running EC2 calls {create_calls:?} (total {create_total}), throttled by the proxy {throttled:?}"
+    );
+    assert_eq!(
+        s.live_instances().await.len(),
+        n,
+        "one instance per machine"
+    );
+
+    proxy.reset_counts();
+    let started = Instant::now();
+    merge_patch(
+        &deployments(&s),
+        "bench",
+        serde_json::json!({"spec": {"replicas": 0}}),
+    )
+    .await;
+    while !pool(&s, "bench").await.is_empty() && started.elapsed() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let deleted = started.elapsed();
+    let delete_total = proxy.total_calls();
+    println!(
+        "BENCH batched {n} machines: all deleted after {deleted:?}, EC2 calls {:?} (total {delete_total})",
+        proxy.calls()
+    );
+    println!(
+        "BENCH batched {n} machines: EC2 calls per machine over create→Running→delete: {:.2}",
+        (create_total + delete_total) as f64 / n as f64
     );
 }
