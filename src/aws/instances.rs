@@ -281,7 +281,18 @@ async fn refresh_if_older(
         .build();
     match describe(handle, vec![filter], vec![]).await {
         Ok(all) => {
+            let mut previous = std::mem::take(&mut snap.by_id);
             snap.by_id = all.into_iter().map(|i| (i.id.clone(), i)).collect();
+            // What an operation recorded lately stays although EC2 does not
+            // show it yet (its reads lag its writes by seconds).
+            snap.recorded.retain(|_, at| at.elapsed() < RECORDED_KEPT);
+            for id in snap.recorded.keys() {
+                if !snap.by_id.contains_key(id)
+                    && let Some(info) = previous.remove(id)
+                {
+                    snap.by_id.insert(id.clone(), info);
+                }
+            }
             snap.fetched = Some(Instant::now());
             Ok(())
         }
@@ -299,10 +310,15 @@ async fn refresh_if_older(
     }
 }
 
+/// How long a recorded instance outlives refreshes that do not show it.
+const RECORDED_KEPT: Duration = Duration::from_secs(60);
+
 #[derive(Default)]
 struct Snapshot {
     fetched: Option<Instant>,
     by_id: HashMap<String, InstanceInfo>,
+    /// When [`InstanceView::record`] last recorded each instance.
+    recorded: HashMap<String, Instant>,
 }
 
 /// See the module docs.
@@ -355,10 +371,13 @@ impl InstanceView {
     }
 
     /// Records what an operation just learned (a launch, a termination), so
-    /// readers see it before the next refresh.
+    /// readers see it before the next refresh — and, for a minute, after
+    /// refreshes that do not show it yet.
     pub async fn record(&self, key: &ClientKey, info: InstanceInfo) {
         let slot = self.slot(key);
-        slot.lock().await.by_id.insert(info.id.clone(), info);
+        let mut snap = slot.lock().await;
+        snap.recorded.insert(info.id.clone(), Instant::now());
+        snap.by_id.insert(info.id.clone(), info);
     }
 }
 

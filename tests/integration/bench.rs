@@ -122,6 +122,10 @@ async fn bench_batched_launch() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     proxy.reset_counts();
     let started = Instant::now();
+    println!(
+        "BENCH batched {n} machines: scale-up at {}",
+        k8s_openapi::jiff::Timestamp::now()
+    );
     apply_deployment(&s, "bench", n as i32, serde_json::json!({})).await;
     let (mut with_instance, mut running) = (None, None);
     let deadline = Duration::from_secs(1800);

@@ -117,13 +117,19 @@ pub(super) async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
     let recorded = launch_record(m, &resolved);
     ensure_identity(m, ctx, &instance, &region, &recorded).await?;
     let mut tags = None;
+    let mut own_tags_pending = false;
     if !instance.state.is_gone() {
         // Tags are bookkeeping: a refused CreateTags/DeleteTags (e.g. a
         // policy without ec2:CreateTags) is reported (condition, Event,
         // lastOperation), and health checks and phases go on.
-        if let Err(e) = launch_batch::ensure_machine_tags(m, ctx, &handle, &instance).await {
-            debug!(machine = %m.name_any(), error = %e, "the machine's own tags follow later");
-        }
+        own_tags_pending = match launch_batch::ensure_machine_tags(m, ctx, &handle, &instance).await
+        {
+            Ok(done) => !done,
+            Err(e) => {
+                debug!(machine = %m.name_any(), error = %e, "the machine's own tags follow later");
+                true
+            }
+        };
         tags = Some(
             match sync_tags(m, ctx, &resolved, &handle, &instance, &recorded).await {
                 Ok(()) => TagSync::Applied,
@@ -165,7 +171,14 @@ pub(super) async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
     }
     tend_node(m, ctx, &instance).await;
     let drift = drift_condition(m, &resolved, &recorded);
-    observe(m, ctx, Some(&instance), &region, Some(drift), tags).await
+    let action = observe(m, ctx, Some(&instance), &region, Some(drift), tags).await?;
+    // A batched launch's instance without the machine's own tags yet: soon
+    // again, not only after the next sync.
+    Ok(if own_tags_pending {
+        Action::requeue(RECHECK_SOON)
+    } else {
+        action
+    })
 }
 
 /// How this pass's in-place tag update went (see [`sync_tags`]).

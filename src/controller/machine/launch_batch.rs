@@ -37,14 +37,14 @@ use crate::aws::batch::launch::{
 };
 use crate::aws::clients::Ec2Handle;
 use crate::aws::errors::{Ec2Error, ErrorClass};
-use crate::aws::instances::{self, InstanceInfo, InstanceState};
+use crate::aws::instances::{self, InstanceInfo};
 use crate::aws::tags::machine_tags;
 use crate::controller::context::Context;
 use crate::controller::error::Result;
 use crate::controller::fleet::drift;
 
 /// How soon a Machine waiting for its launch looks again.
-const WAITING_RECHECK: Duration = Duration::from_secs(1);
+const WAITING_RECHECK: Duration = Duration::from_secs(2);
 /// How long a launch's answer is kept for its members.
 const OUTCOME_TTL: Duration = Duration::from_secs(15 * 60);
 
@@ -459,17 +459,19 @@ async fn adopt(
 
 /// Gives an instance of a batched launch the Machine's own tags (Name,
 /// Machine UID, Machine) when it lacks them; nothing for other instances.
-/// Only once EC2 shows the instance running (before, EC2 may not know it to
-/// CreateTags yet) and only when CreateTags' bucket has a token now: tags
-/// never hold up a reconcile; a later pass sets them.
+/// Only when CreateTags' bucket has a token now: tags never hold up a
+/// reconcile. EC2 refuses them for a few seconds after the launch (it does
+/// not know the instance to other calls yet); a later pass sets them.
+///
+/// Returns whether the tags are in place (or not this function's to set).
 pub(super) async fn ensure_machine_tags(
     m: &Machine,
     ctx: &Context,
     handle: &Ec2Handle,
     instance: &InstanceInfo,
-) -> Result<()> {
-    if instance.launch().is_none() || instance.state != InstanceState::Running {
-        return Ok(());
+) -> Result<bool> {
+    if instance.launch().is_none() || instance.state.is_gone() {
+        return Ok(true);
     }
     let wanted = machine_tags(
         &m.name_any(),
@@ -477,7 +479,7 @@ pub(super) async fn ensure_machine_tags(
         &m.uid().unwrap_or_default(),
     );
     if wanted.iter().all(|(k, v)| instance.tags.get(*k) == Some(v)) {
-        return Ok(());
+        return Ok(true);
     }
     let tags: Vec<Tag> = wanted
         .iter()
@@ -490,14 +492,14 @@ pub(super) async fn ensure_machine_tags(
         .set_tags(Some(tags));
     match handle.call_if_ready("CreateTags", req.send()).await {
         Some(result) => result?,
-        None => return Ok(()),
+        None => return Ok(false),
     };
     let mut tagged = instance.clone();
     tagged
         .tags
         .extend(wanted.into_iter().map(|(k, v)| (k.to_string(), v)));
     ctx.instances.record(&handle.key, tagged).await;
-    Ok(())
+    Ok(true)
 }
 
 /// The Machine's instance when it has no providerID yet: from its launch's
@@ -515,7 +517,11 @@ pub(super) async fn find(
     if let Some(slot) = &slot {
         match ctx.launches.known(&slot.token) {
             Known::Answered(Outcome::Launched(launched)) => {
-                return Ok(instance_at(&launched, slot.index).cloned());
+                let mine = instance_at(&launched, slot.index).cloned();
+                if let Some(i) = &mine {
+                    ctx.instances.record(&handle.key, i.clone()).await;
+                }
+                return Ok(mine);
             }
             Known::InFlight => return Ok(None),
             _ => {}
