@@ -292,7 +292,10 @@ pub(super) async fn record_launch(
     let now = Timestamp::now();
     let region = r.class.provider_spec.region.clone();
     let secrets = drift::secret_refs(&r.class);
-    let mut record = match LaunchRecord::from_annotations(m.annotations()) {
+    // The newer of the annotation and what this process wrote last: a pass
+    // right after a write may read a Machine the cache has not updated yet,
+    // and must not call again under a token it just gave up.
+    let mut record = match ctx.launches.record_of(m) {
         Some(rec) if rec.region == region && rec.secrets == secrets => {
             if rec.wait_before_call(now).is_some() {
                 return Ok(Some(rec));
@@ -336,7 +339,9 @@ pub(super) async fn write_launch_record(
         launch_record::LAUNCH_ANNOTATION,
         &record.to_annotation(),
     )
-    .await
+    .await?;
+    ctx.launches.remember(&m.uid().unwrap_or_default(), record);
+    Ok(())
 }
 
 /// Applies what EC2 only accepts after launch (source/destination check,

@@ -138,6 +138,15 @@ impl LaunchBatches {
         }
     }
 
+    /// Remembers the launch record just written for Machine `uid`, which
+    /// [`Self::record_of`] prefers while the cached Machine lags it.
+    pub fn remember(&self, uid: &str, record: &LaunchRecord) {
+        let mut book = self.book();
+        book.written.retain(|_, (at, _)| at.elapsed() < OUTCOME_TTL);
+        book.written
+            .insert(uid.to_string(), (Instant::now(), record.clone()));
+    }
+
     fn known(&self, token: &str) -> Known {
         let book = self.book();
         if book.in_flight.contains(token) {
