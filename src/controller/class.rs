@@ -4,6 +4,7 @@
 //! references carries `machine.sapcloud.io/machine-controller`, so neither can
 //! disappear under a running machine. Both are released when nothing uses them.
 
+use std::borrow::Borrow;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,10 +97,14 @@ fn secrets_of(class: &MachineClass) -> BTreeSet<(String, String)> {
 async fn used_by_any(
     usage: &mut ClassUse<'_>,
     protected: bool,
-    classes: &[MachineClass],
+    classes: &[impl Borrow<MachineClass> + Sync],
     key: &(String, String),
 ) -> Result<bool> {
-    for c in classes.iter().filter(|c| secrets_of(c).contains(key)) {
+    for c in classes
+        .iter()
+        .map(Borrow::borrow)
+        .filter(|c: &&MachineClass| secrets_of(c).contains(key))
+    {
         if usage.in_use(&c.name_any(), protected).await? {
             return Ok(true);
         }
@@ -129,13 +134,12 @@ pub async fn reconcile(class: Arc<MachineClass>, ctx: Arc<Context>) -> Result<Ac
     // Secrets: protected while some class in use references them — decided
     // from the class cache, and confirmed by a live list of classes before a
     // finalizer is released (the cache may lag a class created a moment ago).
-    let cached: Vec<MachineClass> = ctx
+    let cached: Vec<Arc<MachineClass>> = ctx
         .reads
         .classes()
         .state()
-        .iter()
+        .into_iter()
         .filter(|c| c.namespace().as_deref() == Some(ns.as_str()))
-        .map(|c| (**c).clone())
         .collect();
     let mut live: Option<Vec<MachineClass>> = None;
     for (secret_ns, secret_name) in secrets_of(&class) {

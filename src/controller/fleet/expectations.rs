@@ -14,8 +14,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kube::Resource;
+use kube::api::{Api, ListParams};
+use kube::core::{Selector, SelectorExt};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
 
+use crate::controller::error::Result;
 use crate::controller::ownership;
 
 /// How long a write may stay unseen before it is no longer waited for.
@@ -107,6 +112,39 @@ impl Expectations {
             .unwrap_or_else(|p| p.into_inner())
             .remove(owner);
     }
+}
+
+/// The objects of namespace `ns` under `selector` in `store`.
+pub fn cached_under<K>(store: &Store<K>, ns: &str, selector: &Selector) -> Vec<K>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    store
+        .state()
+        .iter()
+        .filter(|o| o.namespace().as_deref() == Some(ns) && selector.matches(o.labels()))
+        .map(|o| (**o).clone())
+        .collect()
+}
+
+/// The objects of `ns` under `selector` that `owner` decides from: from
+/// `store` (synced) when it shows every write of `owner`, else listed live.
+pub async fn owned_under<K>(
+    expectations: &Expectations,
+    store: &Store<K>,
+    owner: &str,
+    ns: &str,
+    selector: &Selector,
+    api: &Api<K>,
+) -> Result<Vec<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + 'static,
+{
+    if expectations.caught_up(owner, |name| store.get(&ObjectRef::new(name).within(ns))) {
+        return Ok(cached_under(store, ns, selector));
+    }
+    let query = ListParams::default().labels(&selector.to_string());
+    Ok(api.list(&query).await?.items)
 }
 
 /// Whether `cached` (the cache's copy of the object, if any) shows `write`.

@@ -32,7 +32,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::{self, Action};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -45,7 +44,7 @@ use tracing::{debug, info, warn};
 use super::autoscaler::{self, NodeMark};
 use super::census::{self, MACHINE_PRIORITY_ANNOTATION};
 use super::drift::{self, EffectiveSpec, SPEC_HASH_ANNOTATION};
-use super::expectations::Write;
+use super::expectations::{self, Write};
 use super::in_place;
 use super::rollout::{self, ConditionInputs, Counts, RecreateStep, SetView};
 use crate::api::machine::{Machine, NODE_LABEL};
@@ -118,38 +117,23 @@ where
         .for_each(|_| future::ready(()))
 }
 
-/// The MachineSets of `ns` under `selector`: from the set cache when it
-/// shows every write of deployment `uid`, else listed live.
-async fn sets_under(
+/// Merge-patches set `name`'s spec and records the change, to be awaited
+/// in the set cache.
+async fn patch_set(
     ctx: &Context,
-    ns: &str,
-    uid: &str,
-    selector: &Selector,
     api: &Api<MachineSet>,
-) -> Result<Vec<MachineSet>> {
-    if let Some(store) = ctx.sets.get()
-        && store_ready(store).await
-        && ctx
-            .expectations
-            .caught_up(uid, |name| store.get(&ObjectRef::new(name).within(ns)))
-    {
-        return Ok(store
-            .state()
-            .iter()
-            .filter(|s| s.namespace().as_deref() == Some(ns) && selector.matches(s.labels()))
-            .map(|s| (**s).clone())
-            .collect());
-    }
-    let query = ListParams::default().labels(&selector.to_string());
-    Ok(api.list(&query).await?.items)
-}
-
-/// Records a spec change of a set, to be awaited in the cache.
-fn wrote_spec(ctx: &Context, uid: &str, patched: &MachineSet) {
+    uid: &str,
+    name: &str,
+    patch: &serde_json::Value,
+) -> Result<()> {
+    let patched = api
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await?;
     if let Some(generation) = patched.metadata.generation {
         ctx.expectations
-            .wrote(uid, &patched.name_any(), Write::Generation(generation));
+            .wrote(uid, name, Write::Generation(generation));
     }
+    Ok(())
 }
 
 /// The deployment whose set owns machine `m`, if any.
@@ -215,7 +199,16 @@ pub async fn reconcile(d: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<A
     // From the caches once they show this deployment's own writes (see
     // [`expectations`]); live while they lag.
     let sets_api = Api::<MachineSet>::namespaced(ctx.client.clone(), &ns);
-    let listed_sets = sets_under(&ctx, &ns, &uid, &selector, &sets_api).await?;
+    let listed_sets = match ctx.sets.get() {
+        Some(store) if store_ready(store).await => {
+            expectations::owned_under(&ctx.expectations, store, &uid, &ns, &selector, &sets_api)
+                .await?
+        }
+        _ => {
+            let query = ListParams::default().labels(&selector.to_string());
+            sets_api.list(&query).await?.items
+        }
+    };
     let mut sets: Vec<MachineSet> = Vec::new();
     for s in listed_sets {
         match ownership::claim(&uid, &s.metadata) {
@@ -230,13 +223,7 @@ pub async fn reconcile(d: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<A
         }
     }
     ctx.caches_synced().await?;
-    let machines: Vec<Machine> = ctx
-        .machines
-        .state()
-        .iter()
-        .filter(|m| m.namespace().as_deref() == Some(ns.as_str()) && selector.matches(m.labels()))
-        .map(|m| (**m).clone())
-        .collect();
+    let machines: Vec<Machine> = expectations::cached_under(&ctx.machines, &ns, &selector);
     let mut by_set: HashMap<String, Vec<&Machine>> = HashMap::new();
     for m in &machines {
         if let Some(owner) = ownership::controller_uid(&m.metadata) {
@@ -294,14 +281,7 @@ pub async fn reconcile(d: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<A
                 json!(d.spec.auto_preserve_failed_machine_max);
         }
         if patch != json!({}) {
-            let patched = sets_api
-                .patch(
-                    &sets[i].name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await?;
-            wrote_spec(&ctx, &uid, &patched);
+            patch_set(&ctx, &sets_api, &uid, &sets[i].name_any(), &patch).await?;
         }
     }
     // Sets being rolled away preserve nothing: their Failed machines are
@@ -313,13 +293,7 @@ pub async fn reconcile(d: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<A
                 .is_some_and(|m| m > 0)
         {
             let patch = json!({"spec": {"autoPreserveFailedMachineMax": 0}});
-            sets_api
-                .patch(
-                    &s.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await?;
+            patch_set(&ctx, &sets_api, &uid, &s.name_any(), &patch).await?;
         }
     }
     let mut new_view: Option<SetView> = new_index.map(|i| view(&sets[i]));
@@ -445,10 +419,7 @@ pub async fn reconcile(d: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<A
     }
     for (set_name, r) in &changes {
         let patch = json!({"spec": {"replicas": r}});
-        let patched = sets_api
-            .patch(set_name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
-        wrote_spec(&ctx, &uid, &patched);
+        patch_set(&ctx, &sets_api, &uid, set_name, &patch).await?;
         let views = new_view.iter_mut().chain(old_views.iter_mut());
         if let Some(v) = views.into_iter().find(|v| &v.name == set_name) {
             let direction = if *r > v.replicas { "up" } else { "down" };
@@ -472,14 +443,7 @@ pub async fn reconcile(d: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<A
         && sets[i].spec.min_ready_seconds != min_ready
     {
         let patch = json!({"spec": {"minReadySeconds": min_ready}});
-        let patched = sets_api
-            .patch(
-                &sets[i].name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await?;
-        wrote_spec(&ctx, &uid, &patched);
+        patch_set(&ctx, &sets_api, &uid, &sets[i].name_any(), &patch).await?;
     }
 
     // 7. Status, and old sets beyond the history limit once complete.

@@ -20,8 +20,8 @@ use futures::{Future, Stream, StreamExt, TryFuture};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::core::{Selector, SelectorExt};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::core::SelectorExt;
 use kube::runtime::controller::{self, Action};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -33,7 +33,7 @@ use tracing::{info, warn};
 use super::autoscaler::PRIORITY_DEFAULT;
 use super::census::{self, MACHINE_PRIORITY_ANNOTATION, plan_set, slow_start_batches};
 use super::drift::REPLACE_ON_DRIFT_ANNOTATION;
-use super::expectations::Write;
+use super::expectations::{self, Write};
 use super::in_place;
 use super::preserved;
 use crate::api::machine::{Machine, NODE_LABEL};
@@ -84,32 +84,6 @@ where
     (run, store)
 }
 
-/// The Machines of `ns` under `selector`: from the Machine cache when it
-/// shows every write of set `uid`, else listed live.
-async fn machines_under(
-    ctx: &Context,
-    ns: &str,
-    uid: &str,
-    selector: &Selector,
-    api: &Api<Machine>,
-) -> Result<Vec<Machine>> {
-    ctx.caches_synced().await?;
-    let store = &ctx.machines;
-    if ctx
-        .expectations
-        .caught_up(uid, |name| store.get(&ObjectRef::new(name).within(ns)))
-    {
-        return Ok(store
-            .state()
-            .iter()
-            .filter(|m| m.namespace().as_deref() == Some(ns) && selector.matches(m.labels()))
-            .map(|m| (**m).clone())
-            .collect());
-    }
-    let query = ListParams::default().labels(&selector.to_string());
-    Ok(api.list(&query).await?.items)
-}
-
 /// Reconciles one MachineSet; see the module docs.
 pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action> {
     if set.metadata.deletion_timestamp.is_some() {
@@ -144,7 +118,10 @@ pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action
     // From the Machine cache once it shows every write of this set (see
     // [`expectations`](super::expectations)); live while it lags.
     let api = Api::<Machine>::namespaced(ctx.client.clone(), &ns);
-    let listed = machines_under(&ctx, &ns, &uid, &selector, &api).await?;
+    ctx.caches_synced().await?;
+    let listed =
+        expectations::owned_under(&ctx.expectations, &ctx.machines, &uid, &ns, &selector, &api)
+            .await?;
     let mut owned: Vec<Machine> = Vec::new();
     for m in listed {
         match ownership::claim(&uid, &m.metadata) {

@@ -215,13 +215,9 @@ impl LaunchBatches {
         });
         let records = join_all(writes).await;
         let written = records.iter().flatten().count();
-        {
-            let mut book = self.book();
-            book.written.retain(|_, (at, _)| at.elapsed() < OUTCOME_TTL);
-            for (m, record) in members.iter().zip(records) {
-                if let Some(record) = record {
-                    book.written.insert(m.uid.clone(), (Instant::now(), record));
-                }
+        for (m, record) in members.iter().zip(&records) {
+            if let Some(record) = record {
+                self.remember(&m.uid, record);
             }
         }
         let namespace = members
