@@ -5,17 +5,16 @@
 //! Machines, MachineClasses and Nodes are each watched once; the machine,
 //! class, set and deployment controllers subscribe to the same stream
 //! instead of opening a watch each (four Machine watches before). Objects
-//! enter their store without managedFields; Nodes also lose what only the
-//! kubelet and scheduler use (container images, node info, capacity), which
-//! is most of a real Node's size. Secrets are watched by metadata only (see
-//! [`super::reads`]).
+//! enter their store without managedFields; Nodes go to the compact cache
+//! of [`super::nodes`], which keeps only what reconciles read. Secrets are
+//! watched by metadata only (see [`super::reads`]).
 
 use std::future::Future;
 use std::sync::Arc;
 
-use futures::channel::mpsc::{self, UnboundedSender};
-use futures::{Stream, StreamExt, TryStreamExt, future};
-use k8s_openapi::api::core::v1::{Node, NodeStatus};
+use futures::channel::mpsc::{self, Sender, UnboundedSender};
+use futures::{SinkExt, Stream, StreamExt, TryStreamExt, future};
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store, store::Writer};
@@ -23,6 +22,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 
 use super::index::{Index, machine_keys, node_keys};
+use super::nodes::{Announce, Nodes, trim_node};
 use super::reads::{Reads, SecretMeta, trim_secret_meta};
 use crate::api::machine::Machine;
 use crate::api::machine_class::MachineClass;
@@ -31,20 +31,23 @@ use crate::api::machine_class::MachineClass;
 /// for it.
 const SUBSCRIBER_BUFFER: usize = 1024;
 
+/// The same for Nodes, which reach subscribers as whole (trimmed) objects
+/// rather than as references into a store.
+const NODE_SUBSCRIBER_BUFFER: usize = 64;
+
 /// Stores, indexes and writers of the shared watches; see the module docs.
 pub struct Watches {
     pub machines: Store<Machine>,
     pub machine_index: Arc<Index<Machine>>,
-    pub nodes: Store<Node>,
+    pub nodes: Arc<Nodes>,
     pub node_index: Arc<Index<Node>>,
     pub classes: Store<MachineClass>,
     pub secret_meta: Store<SecretMeta>,
     machine_writer: Writer<Machine>,
-    node_writer: Writer<Node>,
     class_writer: Writer<MachineClass>,
     secret_writer: Writer<SecretMeta>,
     machine_gone: Vec<UnboundedSender<Arc<Machine>>>,
-    node_gone: Vec<UnboundedSender<Arc<Node>>>,
+    node_subscribers: Vec<Sender<Arc<Node>>>,
 }
 
 impl Default for Watches {
@@ -56,22 +59,20 @@ impl Default for Watches {
 impl Watches {
     pub fn new() -> Self {
         let (machines, machine_writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
-        let (nodes, node_writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
         let (classes, class_writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
         let (secret_meta, secret_writer) = reflector::store();
         Self {
             machines,
             machine_index: Arc::new(Index::new(machine_keys)),
-            nodes,
+            nodes: Arc::new(Nodes::default()),
             node_index: Arc::new(Index::new(node_keys)),
             classes,
             secret_meta,
             machine_writer,
-            node_writer,
             class_writer,
             secret_writer,
             machine_gone: Vec::new(),
-            node_gone: Vec::new(),
+            node_subscribers: Vec::new(),
         }
     }
 
@@ -86,9 +87,9 @@ impl Watches {
 
     /// A new subscription to Nodes touched (changed or deleted).
     pub fn nodes_touched(&mut self) -> impl Stream<Item = Arc<Node>> + Send + use<> {
-        let (tx, rx) = mpsc::unbounded();
-        self.node_gone.push(tx);
-        futures::stream::select(subscribe(&self.node_writer), rx)
+        let (tx, rx) = mpsc::channel(NODE_SUBSCRIBER_BUFFER);
+        self.node_subscribers.push(tx);
+        rx
     }
 
     /// A new subscription to MachineClass changes.
@@ -117,14 +118,27 @@ impl Watches {
                 announce_deletion(ev, &self.machine_gone);
             });
         let node_index = self.node_index.clone();
+        let node_cache = self.nodes.clone();
+        let mut node_subscribers = self.node_subscribers;
         let nodes = watcher(Api::<Node>::all(target.clone()), wc.clone())
             .default_backoff()
             .modify(trim_node)
-            .reflect_shared(self.node_writer)
-            .inspect_ok(move |ev| {
-                node_index.observe(ev);
-                announce_deletion(ev, &self.node_gone);
+            .and_then(move |ev| {
+                node_index.observe(&ev);
+                future::ok(node_cache.apply(ev))
             });
+        let node_cache = self.nodes.clone();
+        let nodes = async move {
+            let mut nodes = std::pin::pin!(nodes);
+            while let Some(item) = nodes.next().await {
+                match item {
+                    Ok(announce) => {
+                        hand_out(&node_cache, announce, &mut node_subscribers).await;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "watch error (retried)"),
+                }
+            }
+        };
         let classes = watcher(super::api::<MachineClass>(client, namespace), wc.clone())
             .default_backoff()
             .modify(|c: &mut MachineClass| trim_meta(c.meta_mut()))
@@ -135,13 +149,7 @@ impl Watches {
             .reflect(self.secret_writer)
             .inspect_ok(move |ev| reads.observe_secret(ev));
         async move {
-            future::join4(
-                drain(machines),
-                drain(nodes),
-                drain(classes),
-                drain(secrets),
-            )
-            .await;
+            future::join4(drain(machines), nodes, drain(classes), drain(secrets)).await;
         }
     }
 }
@@ -166,6 +174,18 @@ fn announce_deletion<K: Clone>(event: &watcher::Event<K>, to: &[UnboundedSender<
     }
 }
 
+/// Hands what a Node event announced to every subscriber still listening,
+/// waiting for slow ones (the watch goes on once they took it).
+async fn hand_out(cache: &Nodes, announce: Announce, to: &mut [Sender<Arc<Node>>]) {
+    let looked_up = announce.names.iter().filter_map(|name| cache.get(name));
+    for node in announce.nodes.into_iter().chain(looked_up) {
+        for tx in to.iter_mut() {
+            // A closed receiver is a controller that stopped: nothing to tell.
+            let _ = tx.send(node.clone()).await;
+        }
+    }
+}
+
 /// Polls a watch to its end; errors are retried by its backoff and logged by
 /// kube.
 async fn drain<S, T, E>(stream: S)
@@ -186,60 +206,4 @@ where
 /// Drops what no reconcile reads from an object's metadata.
 fn trim_meta(meta: &mut ObjectMeta) {
     meta.managed_fields = None;
-}
-
-/// What the operator keeps of a Node: metadata (labels, annotations,
-/// taints are edited by merge patches computed from them), spec, and of
-/// the status only conditions and addresses. Images, node info, capacity,
-/// volumes and daemon endpoints are dropped.
-pub fn trim_node(node: &mut Node) {
-    trim_meta(&mut node.metadata);
-    if let Some(status) = node.status.take() {
-        node.status = Some(NodeStatus {
-            conditions: status.conditions,
-            addresses: status.addresses,
-            ..NodeStatus::default()
-        });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn a_node_keeps_what_reconciles_read_and_loses_the_rest() {
-        let mut node: Node = serde_json::from_value(json!({
-            "metadata": {
-                "name": "ip-1", "labels": {"a": "b"}, "annotations": {"c": "d"},
-                "managedFields": [{"manager": "kubelet", "operation": "Update"}]
-            },
-            "spec": {"providerID": "aws:///eu-west-1a/i-1", "unschedulable": true,
-                     "taints": [{"key": "k", "effect": "NoSchedule"}]},
-            "status": {
-                "conditions": [{"type": "Ready", "status": "True"}],
-                "addresses": [{"type": "InternalIP", "address": "10.0.0.1"}],
-                "images": [{"names": ["registry/image:1"], "sizeBytes": 1}],
-                "nodeInfo": {"architecture": "amd64", "bootID": "", "containerRuntimeVersion": "",
-                             "kernelVersion": "", "kubeProxyVersion": "", "kubeletVersion": "",
-                             "machineID": "", "operatingSystem": "linux", "osImage": "",
-                             "systemUUID": ""},
-                "capacity": {"cpu": "2"}
-            }
-        }))
-        .unwrap();
-        trim_node(&mut node);
-        let v = serde_json::to_value(&node).unwrap();
-        assert_eq!(v["metadata"]["labels"]["a"], "b");
-        assert_eq!(v["metadata"]["annotations"]["c"], "d");
-        assert!(v["metadata"].get("managedFields").is_none());
-        assert_eq!(v["spec"]["providerID"], "aws:///eu-west-1a/i-1");
-        assert_eq!(v["spec"]["taints"][0]["key"], "k");
-        assert_eq!(v["status"]["conditions"][0]["type"], "Ready");
-        assert_eq!(v["status"]["addresses"][0]["address"], "10.0.0.1");
-        assert!(v["status"].get("images").is_none());
-        assert!(v["status"].get("nodeInfo").is_none());
-        assert!(v["status"].get("capacity").is_none());
-    }
 }

@@ -20,6 +20,7 @@ use super::fleet::replacement::FailureGate;
 use super::index::Index;
 use super::machine::drain::Drainer;
 use super::machine::launch_batch::LaunchBatches;
+use super::nodes::Nodes;
 use super::reads::Reads;
 use crate::api::machine::Machine;
 use crate::api::machine_set::MachineSet;
@@ -51,8 +52,8 @@ pub struct Context {
     pub launches: LaunchBatches,
     /// Batched TerminateInstances per credentials + region.
     pub terminations: Terminations,
-    /// Nodes of the target cluster (trimmed, see [`super::caches`]).
-    pub nodes: Store<Node>,
+    /// Nodes of the target cluster (compact, see [`super::nodes`]).
+    pub nodes: Arc<Nodes>,
     /// Nodes by the instance ID of their providerID.
     pub node_index: Arc<Index<Node>>,
     /// Machines, kept by the shared Machine watch.
@@ -204,7 +205,7 @@ impl Context {
     /// sync; fails only when the stores' writers are gone (shutting down).
     pub async fn caches_synced(&self) -> Result<()> {
         let synced = store_ready(&self.machines).await
-            && store_ready(&self.nodes).await
+            && self.nodes.ready().await
             && store_ready(self.reads.classes()).await;
         if synced {
             Ok(())

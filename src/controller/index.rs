@@ -11,6 +11,7 @@
 //! deleted while the watch was down, as the store does.
 
 use std::collections::{HashMap, HashSet};
+use std::marker::PhantomData;
 use std::sync::Mutex;
 
 use k8s_openapi::api::core::v1::Node;
@@ -18,6 +19,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::{Lookup, ObjectRef};
 use kube::runtime::watcher::Event;
 
+use super::intern::{Interner, Sym};
 use crate::api::machine::{Machine, NODE_LABEL};
 use crate::aws::instances::instance_id_from_provider_id;
 
@@ -30,60 +32,73 @@ where
     K: Lookup<DynamicType = ()> + 'static,
 {
     keys_of: KeysOf<K>,
-    maps: Mutex<Generations<K>>,
+    maps: Mutex<Generations>,
+    kind: PhantomData<fn() -> K>,
 }
 
-struct Generations<K>
-where
-    K: Lookup<DynamicType = ()> + 'static,
-{
-    live: Maps<K>,
+struct Generations {
+    live: Maps,
     /// Filled during a relist, swapped in at its end.
-    relist: Option<Maps<K>>,
+    relist: Option<Maps>,
+    /// Keys, names and namespaces, shared by both generations.
+    strings: Interner,
 }
 
-struct Maps<K>
-where
-    K: Lookup<DynamicType = ()> + 'static,
-{
-    by_key: HashMap<String, HashSet<ObjectRef<K>>>,
-    by_object: HashMap<ObjectRef<K>, Vec<String>>,
+/// An object by namespace and name, both interned: the index holds one per
+/// object and key, so it keeps them small (a kube `ObjectRef` is ~100 bytes
+/// before its strings).
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Obj {
+    namespace: Option<Sym>,
+    name: Sym,
 }
 
-impl<K> Default for Maps<K>
-where
-    K: Lookup<DynamicType = ()> + 'static,
-{
-    fn default() -> Self {
-        Self {
-            by_key: HashMap::new(),
-            by_object: HashMap::new(),
-        }
-    }
+/// The objects under one key: almost always one (a Node, an instance), so
+/// one is kept without a set around it.
+enum Refs {
+    One(Obj),
+    Many(HashSet<Obj>),
 }
 
-impl<K> Maps<K>
-where
-    K: Lookup<DynamicType = ()> + 'static,
-{
-    fn remove(&mut self, obj: &ObjectRef<K>) {
+#[derive(Default)]
+struct Maps {
+    by_key: HashMap<Sym, Refs>,
+    by_object: HashMap<Obj, Box<[Sym]>>,
+}
+
+impl Maps {
+    fn remove(&mut self, obj: &Obj) {
         for key in self.by_object.remove(obj).unwrap_or_default() {
-            if let Some(set) = self.by_key.get_mut(&key) {
-                set.remove(obj);
-                if set.is_empty() {
-                    self.by_key.remove(&key);
+            let emptied = match self.by_key.get_mut(&key) {
+                Some(Refs::One(o)) => o == obj,
+                Some(Refs::Many(set)) => {
+                    set.remove(obj);
+                    set.is_empty()
                 }
+                None => false,
+            };
+            if emptied {
+                self.by_key.remove(&key);
             }
         }
     }
 
-    fn insert(&mut self, obj: ObjectRef<K>, keys: Vec<String>) {
+    fn insert(&mut self, obj: Obj, keys: Box<[Sym]>) {
         self.remove(&obj);
         for key in &keys {
-            self.by_key
-                .entry(key.clone())
-                .or_default()
-                .insert(obj.clone());
+            match self.by_key.get_mut(key) {
+                None => {
+                    self.by_key.insert(key.clone(), Refs::One(obj.clone()));
+                }
+                Some(Refs::One(o)) if *o == obj => {}
+                Some(Refs::One(o)) => {
+                    let set = HashSet::from([o.clone(), obj.clone()]);
+                    self.by_key.insert(key.clone(), Refs::Many(set));
+                }
+                Some(Refs::Many(set)) => {
+                    set.insert(obj.clone());
+                }
+            }
         }
         if !keys.is_empty() {
             self.by_object.insert(obj, keys);
@@ -101,50 +116,71 @@ where
             maps: Mutex::new(Generations {
                 live: Maps::default(),
                 relist: None,
+                strings: Interner::default(),
             }),
+            kind: PhantomData,
         }
     }
 
     /// Follows one watch event (call it for every event, before the store
     /// sees it).
     pub fn observe(&self, event: &Event<K>) {
-        let mut g = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+        let g = &mut *guard;
         match event {
-            Event::Apply(obj) => g.live.insert(bare_ref(obj), (self.keys_of)(obj)),
-            Event::Delete(obj) => g.live.remove(&bare_ref(obj)),
+            Event::Apply(obj) => {
+                let (o, keys) = self.entry(&mut g.strings, obj);
+                g.live.insert(o, keys);
+            }
+            Event::Delete(obj) => {
+                let o = object(&mut g.strings, obj);
+                g.live.remove(&o);
+            }
             Event::Init => g.relist = Some(Maps::default()),
             Event::InitApply(obj) => {
-                let keys = (self.keys_of)(obj);
-                g.relist
-                    .get_or_insert_with(Maps::default)
-                    .insert(bare_ref(obj), keys);
+                let (o, keys) = self.entry(&mut g.strings, obj);
+                g.relist.get_or_insert_with(Maps::default).insert(o, keys);
             }
             Event::InitDone => {
                 if let Some(fresh) = g.relist.take() {
                     g.live = fresh;
+                    g.strings.sweep();
                 }
             }
         }
     }
 
+    fn entry(&self, strings: &mut Interner, obj: &K) -> (Obj, Box<[Sym]>) {
+        let keys = (self.keys_of)(obj)
+            .iter()
+            .map(|k| strings.intern(k))
+            .collect();
+        (object(strings, obj), keys)
+    }
+
     /// The objects found under `key`.
     pub fn get(&self, key: &str) -> Vec<ObjectRef<K>> {
         let g = self.maps.lock().unwrap_or_else(|p| p.into_inner());
-        g.live
-            .by_key
-            .get(key)
-            .map(|set| set.iter().cloned().collect())
-            .unwrap_or_default()
+        let to_ref = |o: &Obj| {
+            let r = ObjectRef::new(&o.name);
+            match &o.namespace {
+                Some(ns) => r.within(ns),
+                None => r,
+            }
+        };
+        match g.live.by_key.get(key) {
+            None => Vec::new(),
+            Some(Refs::One(o)) => vec![to_ref(o)],
+            Some(Refs::Many(set)) => set.iter().map(to_ref).collect(),
+        }
     }
 }
 
-/// A reference by namespace and name only: the index holds one per object
-/// and key, and the uid and resourceVersion `to_object_ref` adds (ignored by
-/// equality anyway) would double its size.
-fn bare_ref<K: Lookup<DynamicType = ()>>(obj: &K) -> ObjectRef<K> {
-    let mut r = obj.to_object_ref(());
-    r.extra = Default::default();
-    r
+fn object<K: Lookup<DynamicType = ()>>(strings: &mut Interner, obj: &K) -> Obj {
+    Obj {
+        namespace: obj.namespace().map(|ns| strings.intern(&ns)),
+        name: strings.intern(&obj.name().unwrap_or_default()),
+    }
 }
 
 /// Index key of the objects naming Node `name`.

@@ -36,9 +36,8 @@ pub async fn run(ctx: Arc<Context>, health: Health) {
         CACHES,
         Check::Pending("waiting for the Machine, MachineClass and Node caches to sync".into()),
     );
-    let synced = store_ready(&ctx.machines).await
-        && store_ready(&classes).await
-        && store_ready(&ctx.nodes).await;
+    let synced =
+        store_ready(&ctx.machines).await && store_ready(&classes).await && ctx.nodes.ready().await;
     if !synced {
         return; // the controllers are shutting down
     }
@@ -48,7 +47,7 @@ pub async fn run(ctx: Arc<Context>, health: Health) {
             "synced: {} machines, {} classes, {} nodes",
             ctx.machines.state().len(),
             classes.state().len(),
-            ctx.nodes.state().len()
+            ctx.nodes.len()
         )),
     );
 

@@ -656,7 +656,7 @@ async fn protect_nodes(ctx: &Context, machines: &[&Machine], protect: bool) -> R
         let Some(name) = m.labels().get(NODE_LABEL) else {
             continue;
         };
-        let Some(node) = ctx.nodes.get(&ObjectRef::new(name)) else {
+        let Some(node) = ctx.nodes.get(name) else {
             continue;
         };
         let value = match autoscaler::scale_down_mark(node.annotations(), protect) {

@@ -24,7 +24,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::SelectorExt;
 use kube::runtime::controller::{self, Action};
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use kube::runtime::{Controller, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -348,7 +348,7 @@ fn wish_of(ctx: &Context, m: &Machine) -> Wish {
     let node = m
         .labels()
         .get(NODE_LABEL)
-        .and_then(|name| ctx.nodes.get(&ObjectRef::new(name)));
+        .and_then(|name| ctx.nodes.get(name));
     preservation::wish(node.as_ref().map(|n| n.annotations()), m.annotations())
 }
 

@@ -12,7 +12,6 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::ObjectRef;
 
 use super::apply::TagSync;
 use super::phase;
@@ -40,7 +39,7 @@ pub(super) fn node_for(ctx: &Context, m: &Machine, i: &InstanceInfo) -> Option<A
         .node_index
         .get(&index::instance_key(&i.id))
         .into_iter()
-        .filter_map(|r| ctx.nodes.get(&r))
+        .filter_map(|r| ctx.nodes.get(&r.name))
         .find(|n| node_instance(n) == Some(i.id.as_str()));
     by_instance.or_else(|| {
         // A Node without providerID (not yet set by the kubelet) is taken by
@@ -79,7 +78,7 @@ pub(super) fn node_belongs(node: &Node, m: &Machine) -> bool {
 }
 
 pub(super) fn node_by_name(ctx: &Context, name: &str) -> Option<Arc<Node>> {
-    ctx.nodes.get(&ObjectRef::new(name))
+    ctx.nodes.get(name)
 }
 
 pub(super) fn node_health(node: Option<&Node>, problem_conditions: &[String]) -> NodeHealth {
