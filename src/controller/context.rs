@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use k8s_openapi::api::core::v1::Node;
 use kube::Client;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::Store;
 use tokio::sync::Notify;
 
@@ -22,6 +22,7 @@ use super::machine::drain::Drainer;
 use super::machine::launch_batch::LaunchBatches;
 use super::nodes::Nodes;
 use super::reads::Reads;
+use super::recorder::Recorder;
 use crate::api::machine::Machine;
 use crate::api::machine_set::MachineSet;
 use crate::aws::batch::terminate::Terminations;

@@ -1,5 +1,5 @@
 //! Kubernetes Events about the objects the reconcilers own, through the
-//! Context's one [`Recorder`](kube::runtime::events::Recorder).
+//! Context's one [`Recorder`](super::recorder::Recorder).
 //!
 //! Notes are cut to the API server's limit (an Event's `note` may hold at most
 //! 1 kB; a longer one is refused, and the failure it reports would be lost).

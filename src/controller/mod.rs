@@ -17,6 +17,7 @@ pub mod orphans;
 pub mod ownership;
 pub mod readiness;
 pub mod reads;
+pub mod recorder;
 pub mod status;
 
 use std::sync::Arc;

@@ -177,8 +177,7 @@ async fn measure(n: usize) {
 }
 
 /// Starts `n` instances as the class describes (its tags included, so the
-/// operator has nothing to tag), 500 per call; their IDs and private DNS
-/// names.
+/// operator has nothing to tag); their IDs and private DNS names.
 async fn run_instances(s: &Scenario, spec: &Value, n: usize) -> Vec<(String, String)> {
     use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
     let mut tags = TagSpecification::builder().resource_type(ResourceType::Instance);
@@ -209,28 +208,37 @@ async fn run_instances(s: &Scenario, spec: &Value, n: usize) -> Vec<(String, Str
         .subnet
         .and_then(|s| s.subnet_id)
         .expect("a subnet id");
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        let count = (n - out.len()).min(500) as i32;
-        let resp = s
-            .ec2
-            .run_instances()
-            .image_id(spec["ami"].as_str().unwrap())
-            .instance_type(aws_sdk_ec2::types::InstanceType::M5Large)
-            .subnet_id(&subnet)
-            .min_count(count)
-            .max_count(count)
-            .tag_specifications(tags.clone())
-            .send()
-            .await
-            .expect("RunInstances");
-        for i in resp.instances() {
-            out.push((
+    // One instance per call: moto pages DescribeInstances by reservation
+    // (EC2 by instance), so reservations of hundreds would make one page of
+    // the operator's sync hold every instance, slower in moto than the
+    // SDK's timeout at 10,000.
+    let run_one = |_| {
+        let ec2 = s.ec2.clone();
+        let (subnet, tags) = (subnet.clone(), tags.clone());
+        async move {
+            let resp = ec2
+                .run_instances()
+                .image_id(spec["ami"].as_str().unwrap())
+                .instance_type(aws_sdk_ec2::types::InstanceType::M5Large)
+                .subnet_id(&subnet)
+                .min_count(1)
+                .max_count(1)
+                .tag_specifications(tags)
+                .send()
+                .await
+                .expect("RunInstances");
+            let i = &resp.instances()[0];
+            (
                 i.instance_id().unwrap().to_string(),
                 i.private_dns_name().unwrap().to_string(),
-            ));
+            )
         }
-    }
+    };
+    let out: Vec<(String, String)> = stream::iter(0..n)
+        .map(run_one)
+        .buffer_unordered(PARALLEL)
+        .collect()
+        .await;
     out
 }
 

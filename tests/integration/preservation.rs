@@ -284,6 +284,21 @@ async fn preserve_now_protects_a_running_machine_and_false_undoes_it() {
     let m = s.machines().get("p1").await.unwrap();
     assert_eq!(expiry(&m), None, "not preserved");
     assert_eq!(m.phase(), Some(MachinePhase::Running));
+
+    // Another unknown value is another Warning, with its own note; passes
+    // that change nothing add none.
+    preserve_machine(&s, "p1", "sometimes").await;
+    s.wait_event("p1", "Warning InvalidPreserveValue", "\"sometimes\"")
+        .await;
+    s.nudge("p1").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let warnings: Vec<String> = s
+        .events_of("p1")
+        .await
+        .into_iter()
+        .filter(|e| e.starts_with("Warning InvalidPreserveValue"))
+        .collect();
+    assert_eq!(warnings.len(), 2, "one Warning per value: {warnings:?}");
 }
 
 #[tokio::test]
