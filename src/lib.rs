@@ -9,11 +9,13 @@
 //! - [`admin`], [`health`], [`metrics`]: `/metrics`, `/livez`, `/readyz`;
 //!   [`logging`]: the log filter (secret-printing SDK targets held back).
 //! - [`leader`]: leader election on a Lease; [`shutdown`]: the SIGTERM signal.
+//! - [`intern`]: shared copies of strings that repeat across cached objects.
 pub mod admin;
 pub mod api;
 pub mod aws;
 pub mod controller;
 pub mod health;
+pub mod intern;
 pub mod kube_metrics;
 pub mod leader;
 pub mod logging;

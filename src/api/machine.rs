@@ -5,6 +5,7 @@
 //! `status.conditions` holds Node-shaped conditions exactly as in MCM.
 
 use k8s_openapi::api::core::v1::{NodeAddress, NodeCondition};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -13,6 +14,7 @@ use crate::api::shared::{
     ClassSpec, CurrentStatus, LastOperation, MachineConfiguration, MachinePhase, NodeTemplateSpec,
     is_default,
 };
+use crate::intern::IStr;
 
 /// Label on a Machine naming the Node that backs it (set once the Node has
 /// joined), as in MCM.
@@ -106,7 +108,7 @@ pub struct MachineStatus {
     /// operator about the machine itself (for example an invalid spec or
     /// MachineClass).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub conditions: Vec<NodeCondition>,
+    pub conditions: Vec<MachineCondition>,
 
     /// The last operation performed on the machine (create, drain, delete,
     /// health check, ...) and its outcome, including cloud provider errors.
@@ -128,9 +130,56 @@ pub struct MachineStatus {
     pub observed_generation: Option<i64>,
 }
 
+/// A condition of a Machine, in the shape of a Node condition (as in MCM).
+// Its strings are interned: a fleet's machines repeat the same types,
+// reasons and messages.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineCondition {
+    /// Type of the condition: one copied from the Node (`Ready`,
+    /// `MemoryPressure`, `DiskPressure`, `PIDPressure`, `NetworkUnavailable`,
+    /// ...) or one of this operator's (`ConfigValid`, `Drifted`,
+    /// `TagsApplied`).
+    #[serde(rename = "type")]
+    pub type_: IStr,
+
+    /// Status of the condition: `True`, `False` or `Unknown`.
+    pub status: IStr,
+
+    /// Brief reason for the condition's last transition, in CamelCase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<IStr>,
+
+    /// Human-readable message about the last transition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<IStr>,
+
+    /// Last time the condition was probed (copied from the Node when set;
+    /// this operator leaves it out, see `lastTransitionTime`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat_time: Option<Time>,
+
+    /// Last time the condition changed from one status to another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<Time>,
+}
+
+impl From<&NodeCondition> for MachineCondition {
+    fn from(c: &NodeCondition) -> Self {
+        MachineCondition {
+            type_: IStr::new(&c.type_),
+            status: IStr::new(&c.status),
+            reason: c.reason.as_deref().map(IStr::new),
+            message: c.message.as_deref().map(IStr::new),
+            last_heartbeat_time: c.last_heartbeat_time.clone(),
+            last_transition_time: c.last_transition_time.clone(),
+        }
+    }
+}
+
 impl MachineStatus {
     /// The condition of the given type, if present.
-    pub fn condition(&self, type_: &str) -> Option<&NodeCondition> {
+    pub fn condition(&self, type_: &str) -> Option<&MachineCondition> {
         self.conditions.iter().find(|c| c.type_ == type_)
     }
 }

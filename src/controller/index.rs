@@ -19,9 +19,9 @@ use kube::ResourceExt;
 use kube::runtime::reflector::{Lookup, ObjectRef};
 use kube::runtime::watcher::Event;
 
-use super::intern::{Interner, Sym};
 use crate::api::machine::{Machine, NODE_LABEL};
 use crate::aws::instances::instance_id_from_provider_id;
+use crate::intern::{Interner, Sym};
 
 /// The keys an object is found under.
 pub type KeysOf<K> = fn(&K) -> Vec<String>;

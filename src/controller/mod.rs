@@ -9,7 +9,6 @@ pub mod error;
 pub mod events;
 pub mod fleet;
 pub mod index;
-pub mod intern;
 pub mod machine;
 pub mod node;
 pub mod nodes;

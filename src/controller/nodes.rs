@@ -24,7 +24,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::runtime::watcher::Event;
 use tokio::sync::watch;
 
-use super::intern::{Interner, Sym};
+use crate::intern::{Interner, Sym};
 
 /// See the module docs.
 pub struct Nodes {

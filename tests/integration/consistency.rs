@@ -7,10 +7,10 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::NodeCondition;
 use kube::ResourceExt;
 use kube::api::{DeleteParams, PostParams};
 use mcm_provider_aws::api::machine::Machine;
+use mcm_provider_aws::api::machine::MachineCondition;
 use mcm_provider_aws::api::shared::MachinePhase;
 use mcm_provider_aws::aws::tags::{MACHINE_NAME_TAG, MACHINE_UID_TAG};
 use mcm_provider_aws::controller::machine::CONDITION_TAGS_APPLIED;
@@ -319,7 +319,7 @@ async fn refused_tag_updates_are_reported_and_do_not_stop_the_machine() {
 }
 
 /// The TagsApplied condition of `m`, if any.
-fn tags_applied(m: &Machine) -> Option<&NodeCondition> {
+fn tags_applied(m: &Machine) -> Option<&MachineCondition> {
     m.status.as_ref()?.condition(CONDITION_TAGS_APPLIED)
 }
 

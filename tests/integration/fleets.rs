@@ -123,7 +123,7 @@ impl Sampler {
                         {
                             samples
                                 .drift_messages
-                                .insert(c.message.clone().unwrap_or_default());
+                                .insert(c.message.as_deref().unwrap_or_default().to_string());
                         }
                     }
                 }

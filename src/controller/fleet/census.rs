@@ -306,9 +306,8 @@ pub fn next_available(
 pub(crate) mod fixtures {
     //! `machine("m1").phase(Running).since(10).created(3)`-style builders.
     use super::*;
-    use crate::api::machine::{MachineSpec, MachineStatus};
+    use crate::api::machine::{MachineCondition, MachineSpec, MachineStatus};
     use crate::api::shared::{CurrentStatus, LastOperation};
-    use k8s_openapi::api::core::v1::NodeCondition;
 
     pub fn at(secs: i64) -> Timestamp {
         Timestamp::from_second(1_700_000_000 + secs).unwrap()
@@ -354,10 +353,10 @@ pub(crate) mod fixtures {
         }
         pub fn drifted(mut self) -> Self {
             let status = self.0.status.get_or_insert_with(MachineStatus::default);
-            status.conditions.push(NodeCondition {
+            status.conditions.push(MachineCondition {
                 type_: CONDITION_DRIFTED.into(),
                 status: "True".into(),
-                ..NodeCondition::default()
+                ..MachineCondition::default()
             });
             self
         }

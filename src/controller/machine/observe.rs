@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, NodeCondition};
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -18,7 +18,7 @@ use super::phase;
 use super::phase::{InstanceHealth, NodeHealth, Timeouts};
 use super::preserving;
 use super::{CONDITION_CONFIG_VALID, CONDITION_TAGS_APPLIED, entered};
-use crate::api::machine::{Machine, MachineStatus, NODE_LABEL};
+use crate::api::machine::{Machine, MachineCondition, MachineStatus, NODE_LABEL};
 use crate::api::shared::{
     CurrentStatus, LastOperation, MachineOperationType, MachinePhase, MachineState,
 };
@@ -335,20 +335,21 @@ pub(super) async fn observe(
 /// condition and, when `drift` (`tags`) is given, the Drifted (TagsApplied)
 /// condition, else the previous one is kept.
 pub(super) fn merged_conditions(
-    old: &[NodeCondition],
+    old: &[MachineCondition],
     node: Option<&Node>,
     config_problem: Option<&str>,
     drift: Option<(&'static str, &'static str, String)>,
     tags: Option<(&'static str, String, String)>,
-) -> Vec<NodeCondition> {
+) -> Vec<MachineCondition> {
     let ours = [
         CONDITION_CONFIG_VALID,
         CONDITION_DRIFTED,
         CONDITION_TAGS_APPLIED,
     ];
-    let mut out: Vec<NodeCondition> = node
+    let mut out: Vec<MachineCondition> = node
         .and_then(|n| n.status.as_ref())
-        .and_then(|s| s.conditions.clone())
+        .and_then(|s| s.conditions.as_ref())
+        .map(|cs| cs.iter().map(MachineCondition::from).collect())
         .unwrap_or_else(|| {
             old.iter()
                 .filter(|c| !ours.contains(&c.type_.as_str()))
@@ -405,22 +406,22 @@ pub(super) fn merged_conditions(
 /// A condition of ours: the previous one when nothing changed, so that the
 /// status stays the same from one pass to the next.
 pub(super) fn stable_condition(
-    old: &[NodeCondition],
+    old: &[MachineCondition],
     type_: &str,
     status: &str,
     reason: &str,
     message: String,
-) -> NodeCondition {
+) -> MachineCondition {
     let previous = old.iter().find(|c| c.type_ == type_);
     match previous {
         Some(p) if p.status == status && p.message.as_deref() == Some(message.as_str()) => {
             p.clone()
         }
-        _ => NodeCondition {
+        _ => MachineCondition {
             type_: type_.into(),
             status: status.into(),
             reason: Some(reason.into()),
-            message: Some(message),
+            message: Some(message.into()),
             last_transition_time: Some(Time(Timestamp::now())),
             last_heartbeat_time: None,
         },
