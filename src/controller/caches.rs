@@ -203,7 +203,37 @@ where
         .await;
 }
 
+/// kubectl's copy of the object as last applied: often as large as the
+/// object itself, never read here (every write is a patch of named fields,
+/// so leaving it out of the cache never drops it from the object).
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// Drops what no reconcile reads from an object's metadata.
 fn trim_meta(meta: &mut ObjectMeta) {
     meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn cached_metadata_loses_managed_fields_and_kubectls_copy_only() {
+        let mut meta: ObjectMeta = serde_json::from_value(json!({
+            "name": "m", "labels": {"a": "b"},
+            "annotations": {"keep": "1", LAST_APPLIED: "{\"kind\":\"Machine\"}"},
+            "managedFields": [{"manager": "kubectl", "operation": "Update"}]
+        }))
+        .unwrap();
+        trim_meta(&mut meta);
+        assert!(meta.managed_fields.is_none());
+        let annotations = meta.annotations.unwrap();
+        assert_eq!(annotations.len(), 1);
+        assert_eq!(annotations["keep"], "1");
+        assert_eq!(meta.labels.unwrap()["a"], "b");
+    }
 }
