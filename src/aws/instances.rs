@@ -9,7 +9,7 @@
 //! outside the snapshot (adopted from MCM, or just launched) are looked up by
 //! ID directly.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ use k8s_openapi::api::core::v1::NodeAddress;
 
 use super::clients::{ClientKey, Ec2Handle};
 use super::errors::{Ec2Error, ErrorClass};
+use super::instance_tags::InstanceTags;
 use super::launch::PostLaunchState;
 use super::tags::{LAUNCH_TAG, MACHINE_NAME_TAG, MACHINE_UID_TAG};
 
@@ -64,7 +65,7 @@ pub struct InstanceInfo {
     /// Private and public IPv4 address and public DNS name, when EC2 shows them.
     pub addresses: InstanceAddresses,
     pub availability_zone: Option<String>,
-    pub tags: BTreeMap<String, String>,
+    pub tags: InstanceTags,
     /// Source/destination check and IPv6 prefixes, as EC2 reports them.
     pub post_launch: PostLaunchState,
     /// Position in its launch (`AmiLaunchIndex`): which Machine of a
@@ -105,17 +106,17 @@ impl InstanceInfo {
     }
 
     pub fn machine_uid(&self) -> Option<&str> {
-        self.tags.get(MACHINE_UID_TAG).map(String::as_str)
+        self.tags.get(MACHINE_UID_TAG)
     }
 
     /// `<namespace>/<name>` of the Machine, from the tag.
     pub fn machine_name(&self) -> Option<&str> {
-        self.tags.get(MACHINE_NAME_TAG).map(String::as_str)
+        self.tags.get(MACHINE_NAME_TAG)
     }
 
     /// The batched launch it came from (`<namespace>/<token>`), if any.
     pub fn launch(&self) -> Option<&str> {
-        self.tags.get(LAUNCH_TAG).map(String::as_str)
+        self.tags.get(LAUNCH_TAG)
     }
 
     /// Whether it is the instance of slot `index` of launch `launch_tag`.
@@ -161,12 +162,7 @@ impl From<&Instance> for InstanceInfo {
             tags: i
                 .tags()
                 .iter()
-                .filter_map(|t| {
-                    Some((
-                        t.key()?.to_string(),
-                        t.value().unwrap_or_default().to_string(),
-                    ))
-                })
+                .filter_map(|t| Some((t.key()?, t.value().unwrap_or_default())))
                 .collect(),
         }
     }

@@ -10,6 +10,7 @@ pub mod credentials;
 pub mod errors;
 pub mod iam_policy;
 pub mod images;
+pub mod instance_tags;
 pub mod instances;
 pub mod launch;
 pub mod rate_limit;

@@ -35,6 +35,7 @@ use crate::api::machine_class::MachineClass;
 use crate::api::provider_spec::AWSProviderSpec;
 use crate::api::validation::{validate_provider_spec, validate_secret_data};
 use crate::aws::credentials::{merge_secret_data, user_data};
+use crate::aws::instance_tags::InstanceTags;
 use crate::aws::tags;
 use crate::controller::error::{Error, Result};
 use crate::controller::reads::Reads;
@@ -306,20 +307,20 @@ impl TagPlan {
 /// [`CLASS_TAG_KEYS_ANNOTATION`] (the keys applied before); tags the class
 /// never set (added by people or other tools) are never removed.
 pub fn tag_plan(
-    instance_tags: &BTreeMap<String, String>,
+    instance_tags: &InstanceTags,
     class_tags: &BTreeMap<String, String>,
     applied: Option<&str>,
 ) -> TagPlan {
     let set = class_tags
         .iter()
-        .filter(|(k, v)| !is_reserved_tag(k) && instance_tags.get(*k) != Some(*v))
+        .filter(|(k, v)| !is_reserved_tag(k) && instance_tags.get(k) != Some(v.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let remove = applied
         .unwrap_or_default()
         .split(',')
         .filter(|k| !k.is_empty() && !is_reserved_tag(k))
-        .filter(|k| !class_tags.contains_key(*k) && instance_tags.contains_key(*k))
+        .filter(|k| !class_tags.contains_key(*k) && instance_tags.contains_key(k))
         .map(str::to_string)
         .collect::<BTreeSet<_>>()
         .into_iter()
@@ -580,12 +581,14 @@ mod tests {
 
     #[test]
     fn tag_plan_sets_changed_tags_and_removes_only_its_own() {
-        let instance = map(&[
+        let instance: InstanceTags = [
             ("Name", "m1"),
             ("team", "a"),
             ("old", "x"),
             ("backup-policy", "daily"),
-        ]);
+        ]
+        .into_iter()
+        .collect();
         let class = map(&[("team", "b"), ("new", "y"), ("Name", "ignored")]);
         let plan = tag_plan(&instance, &class, Some("team,old"));
         assert_eq!(plan.set, map(&[("new", "y"), ("team", "b")]));
@@ -593,7 +596,9 @@ mod tests {
         // Without a record of applied keys nothing is removed.
         assert!(tag_plan(&instance, &class, None).remove.is_empty());
         // Converged: nothing to do.
-        let done = map(&[("Name", "m1"), ("team", "b"), ("new", "y")]);
+        let done: InstanceTags = [("Name", "m1"), ("team", "b"), ("new", "y")]
+            .into_iter()
+            .collect();
         assert!(tag_plan(&done, &class, Some("team,new")).is_empty());
         assert_eq!(class_tag_keys(&class), vec!["new", "team"]);
     }

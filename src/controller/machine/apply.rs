@@ -379,10 +379,7 @@ pub(super) async fn sync_tags(
             handle.call("DeleteTags", req.send()).await?;
         }
         let mut updated = instance.clone();
-        updated.tags.extend(plan.set.clone());
-        for key in &plan.remove {
-            updated.tags.remove(key);
-        }
+        updated.tags = instance.tags.updated(&plan.set, &plan.remove);
         ctx.instances.record(&handle.key, updated).await;
         info!(machine = %m.name_any(), set = ?plan.set.keys().collect::<Vec<_>>(), removed = ?plan.remove, "updated instance tags in place");
         publish(

@@ -483,7 +483,10 @@ pub(super) async fn ensure_machine_tags(
         &m.namespace().unwrap_or_default(),
         &m.uid().unwrap_or_default(),
     );
-    if wanted.iter().all(|(k, v)| instance.tags.get(*k) == Some(v)) {
+    if wanted
+        .iter()
+        .all(|(k, v)| instance.tags.get(k) == Some(v.as_str()))
+    {
         return Ok(true);
     }
     let tags: Vec<Tag> = wanted
@@ -500,9 +503,7 @@ pub(super) async fn ensure_machine_tags(
         None => return Ok(false),
     };
     let mut tagged = instance.clone();
-    tagged
-        .tags
-        .extend(wanted.into_iter().map(|(k, v)| (k.to_string(), v)));
+    tagged.tags = instance.tags.updated(wanted, Vec::<&str>::new());
     ctx.instances.record(&handle.key, tagged).await;
     Ok(true)
 }
