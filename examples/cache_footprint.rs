@@ -1,0 +1,235 @@
+//! What the operator's caches cost per object, measured in this process:
+//! N Nodes shaped like a real kubelet's and N Machines as the operator
+//! leaves them once Running, each fed through the cache that holds it, and
+//! the growth of the resident set reported per object.
+//!
+//! `make bench` runs it (release build); `cargo run --release --example
+//! cache_footprint -- 10000` alone takes seconds, which makes it the quick
+//! loop for memory work, while `bench_memory_and_steady_state_at_scale`
+//! measures the whole operator. Each part runs in a fresh process (the
+//! program starts itself again per part), so that one part's freed memory
+//! does not hide the next one's growth.
+
+use std::process::Command;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::runtime::watcher::Event;
+use mcm_provider_aws::api::machine::Machine;
+use mcm_provider_aws::controller::index::{Index, machine_keys, node_keys};
+use mcm_provider_aws::controller::nodes::{Nodes, trim_node};
+use serde_json::{Value, json};
+
+const PARTS: &[&str] = &["nodes-as-objects", "nodes-cache", "machines", "index"];
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    match args.next() {
+        Some(part) => measure(n, &part),
+        None => {
+            let me = std::env::current_exe().expect("own path");
+            for part in PARTS {
+                let status = Command::new(&me)
+                    .args([n.to_string(), part.to_string()])
+                    .status()
+                    .expect("run a part");
+                assert!(status.success(), "part {part} failed");
+            }
+        }
+    }
+}
+
+fn measure(n: usize, part: &str) {
+    let before = rss_kib();
+    let nodes = Nodes::default();
+    let machine_index = Index::new(machine_keys);
+    let node_index = Index::new(node_keys);
+    let mut kept_nodes: Vec<Node> = Vec::new();
+    let mut kept_machines: Vec<Machine> = Vec::new();
+    for i in 0..n {
+        let name = format!(
+            "ip-10-250-{}-{}.eu-west-1.compute.internal",
+            i / 256,
+            i % 256
+        );
+        let instance = format!("i-{i:017x}");
+        let node_json = real_node(&name, &instance, i);
+        match part {
+            "nodes-as-objects" => {
+                let mut node: Node = serde_json::from_value(node_json).unwrap();
+                trim_node(&mut node);
+                kept_nodes.push(node);
+            }
+            "nodes-cache" => {
+                nodes.apply(Event::Apply(serde_json::from_value(node_json).unwrap()));
+            }
+            "machines" => {
+                let mut m: Machine =
+                    serde_json::from_value(running_machine(i, &name, &instance, &node_json))
+                        .unwrap();
+                m.metadata.managed_fields = None;
+                kept_machines.push(m);
+            }
+            "index" => {
+                let m = running_machine(i, &name, &instance, &node_json);
+                machine_index.observe(&Event::Apply(serde_json::from_value(m).unwrap()));
+                node_index.observe(&Event::Apply(serde_json::from_value(node_json).unwrap()));
+            }
+            other => panic!("unknown part {other}; one of {PARTS:?}"),
+        }
+    }
+    let grown = rss_kib().saturating_sub(before);
+    println!(
+        "FOOTPRINT {part}: {n} objects, {:.1} MiB, {:.0} bytes each",
+        grown as f64 / 1024.0,
+        grown as f64 * 1024.0 / n as f64
+    );
+    std::hint::black_box((
+        &nodes,
+        &machine_index,
+        &node_index,
+        &kept_nodes,
+        &kept_machines,
+    ));
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .expect("/proc/self/status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// A Node as a kubelet registers it: labels, annotations, a taint, five
+/// conditions, addresses, capacity, node info and 20 container images.
+fn real_node(name: &str, instance: &str, i: usize) -> Value {
+    let images: Vec<Value> = (0..20)
+        .map(|k| {
+            json!({"names": [format!("registry.k8s.io/component-{k}@sha256:{:064x}", k * 7919 + i),
+                             format!("registry.k8s.io/component-{k}:v1.{k}.{i}")],
+                   "sizeBytes": 10_000_000 + k * 1_000_000})
+        })
+        .collect();
+    let condition = |t: &str, status: &str, reason: &str, message: &str| {
+        json!({"type": t, "status": status, "reason": reason, "message": message,
+               "lastHeartbeatTime": "2026-12-01T10:00:00Z",
+               "lastTransitionTime": "2026-12-01T09:00:00Z"})
+    };
+    let (region, zone) = ("eu-west-1", "eu-west-1a");
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {
+            "name": name, "uid": format!("{i:08x}-aaaa-bbbb-cccc-{i:012x}"),
+            "resourceVersion": format!("{}", 100_000 + i),
+            "creationTimestamp": "2026-12-01T09:00:00Z",
+            "labels": {
+                "beta.kubernetes.io/arch": "amd64", "beta.kubernetes.io/os": "linux",
+                "beta.kubernetes.io/instance-type": "m5.large",
+                "failure-domain.beta.kubernetes.io/region": region,
+                "failure-domain.beta.kubernetes.io/zone": zone,
+                "kubernetes.io/arch": "amd64", "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux", "node.kubernetes.io/instance-type": "m5.large",
+                "topology.kubernetes.io/region": region, "topology.kubernetes.io/zone": zone,
+                "topology.ebs.csi.aws.com/zone": zone, "worker.gardener.cloud/pool": "pool-a",
+                "worker.gardener.cloud/system-components": "true",
+                "networking.gardener.cloud/node-local-dns-enabled": "true"
+            },
+            "annotations": {
+                "node.alpha.kubernetes.io/ttl": "0",
+                "volumes.kubernetes.io/controller-managed-attach-detach": "true",
+                "csi.volume.kubernetes.io/nodeid": format!("{{\"ebs.csi.aws.com\":\"{instance}\"}}"),
+                "node.machine.sapcloud.io/last-applied-anno-labels-taints":
+                    "{\"metadata\":{\"labels\":{\"worker.gardener.cloud/pool\":\"pool-a\"}}}",
+                "projectcalico.org/IPv4Address": "10.250.0.10/19",
+                "checksum/cloud-config-data": format!("{i:064x}")
+            },
+            "managedFields": [{"manager": "kubelet", "operation": "Update", "apiVersion": "v1",
+                               "time": "2026-12-01T09:00:00Z", "fieldsType": "FieldsV1",
+                               "fieldsV1": {"f:status": {"f:conditions": {}}}}]
+        },
+        "spec": {
+            "providerID": format!("aws:///{zone}/{instance}"),
+            "podCIDR": "100.96.0.0/24", "podCIDRs": ["100.96.0.0/24"],
+            "taints": [{"key": "node.example.com/dedicated", "value": "pool-a", "effect": "NoSchedule"}]
+        },
+        "status": {
+            "conditions": [
+                condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+                condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+                condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+                condition("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+                condition("NetworkUnavailable", "False", "CalicoIsUp", "Calico is running on this node")
+            ],
+            "addresses": [
+                {"type": "InternalIP", "address": format!("10.250.{}.{}", i / 256, i % 256)},
+                {"type": "InternalDNS", "address": name},
+                {"type": "Hostname", "address": name}
+            ],
+            "capacity": {"cpu": "2", "memory": "7941076Ki", "pods": "110"},
+            "nodeInfo": {"architecture": "amd64", "bootID": format!("{i:032x}"),
+                         "containerRuntimeVersion": "containerd://1.7.27", "kernelVersion": "6.6.87",
+                         "kubeProxyVersion": "", "kubeletVersion": "v1.33.1",
+                         "machineID": format!("{:032x}", i + 1), "operatingSystem": "linux",
+                         "osImage": "Garden Linux 1592.9", "systemUUID": format!("ec2{i:029x}")},
+            "images": images
+        }
+    })
+}
+
+/// A Machine of a MachineSet as the operator leaves it once Running: node
+/// label, launch record, finalizer, owner, the Node's conditions and
+/// addresses copied into its status plus the operator's own conditions.
+fn running_machine(i: usize, node: &str, instance: &str, node_json: &Value) -> Value {
+    let mut conditions = node_json["status"]["conditions"].clone();
+    for c in conditions.as_array_mut().unwrap() {
+        c.as_object_mut().unwrap().remove("lastHeartbeatTime");
+    }
+    for (t, reason, message) in [
+        (
+            "ConfigValid",
+            "Valid",
+            "The MachineClass and its Secrets are valid",
+        ),
+        (
+            "TagsApplied",
+            "TagsApplied",
+            "The class's tags are on the instance",
+        ),
+    ] {
+        conditions.as_array_mut().unwrap().push(json!({
+            "type": t, "status": "True", "reason": reason, "message": message,
+            "lastTransitionTime": "2026-12-01T09:00:00Z"}));
+    }
+    json!({
+        "apiVersion": "machine.sapcloud.io/v1alpha1", "kind": "Machine",
+        "metadata": {
+            "name": format!("pool-a-7d9f8c6b5-{i:05}"), "namespace": "shoot--proj--name",
+            "uid": format!("{i:08x}-1111-2222-3333-{i:012x}"),
+            "resourceVersion": format!("{}", 200_000 + i), "generation": 1,
+            "creationTimestamp": "2026-12-01T09:00:00Z",
+            "labels": {"node": node, "name": "pool-a"},
+            "annotations": {"machine.sapcloud.io/launch":
+                "{\"token\":\"abcdef0123456789abcdef0123456789\",\"attempt\":0,\"started\":\"2026-12-01T09:00:00Z\"}"},
+            "finalizers": ["machine.sapcloud.io/machine-controller-manager"],
+            "ownerReferences": [{"apiVersion": "machine.sapcloud.io/v1alpha1", "kind": "MachineSet",
+                                 "name": "pool-a-7d9f8c6b5", "uid": "99999999-1111-2222-3333-444444444444",
+                                 "controller": true, "blockOwnerDeletion": true}]
+        },
+        "spec": {
+            "class": {"kind": "MachineClass", "name": "pool-a-7d9f8"},
+            "providerID": format!("aws:///eu-west-1/{instance}"),
+            "nodeTemplate": {"metadata": {"labels": {"worker.gardener.cloud/pool": "pool-a"}}},
+            "drainTimeout": "2h", "healthTimeout": "10m", "creationTimeout": "20m"
+        },
+        "status": {
+            "node": node, "addresses": node_json["status"]["addresses"].clone(),
+            "conditions": conditions,
+            "lastOperation": {"description": "Machine is running", "lastUpdateTime": "2026-12-01T09:00:00Z",
+                              "state": "Successful", "type": "Create"},
+            "currentStatus": {"phase": "Running", "lastUpdateTime": "2026-12-01T09:00:00Z"},
+            "observedGeneration": 1
+        }
+    })
+}
