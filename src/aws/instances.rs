@@ -8,6 +8,12 @@
 //! tags have not followed yet (they carry the launch tag). Instances
 //! outside the snapshot (adopted from MCM, or just launched) are looked up by
 //! ID directly.
+//!
+//! EC2's reads lag its writes by seconds, so what operations learn is
+//! recorded in the view: a launched instance stays although a refresh does
+//! not show it yet, and an instance whose termination EC2 accepted shows
+//! `shutting-down` although a refresh (or a direct lookup) still says
+//! `running`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -277,19 +283,7 @@ async fn refresh_if_older(
         .build();
     match describe(handle, vec![filter], vec![]).await {
         Ok(all) => {
-            let mut previous = std::mem::take(&mut snap.by_id);
-            snap.by_id = all.into_iter().map(|i| (i.id.clone(), i)).collect();
-            // What an operation recorded lately stays although EC2 does not
-            // show it yet (its reads lag its writes by seconds).
-            snap.recorded.retain(|_, at| at.elapsed() < RECORDED_KEPT);
-            for id in snap.recorded.keys() {
-                if !snap.by_id.contains_key(id)
-                    && let Some(info) = previous.remove(id)
-                {
-                    snap.by_id.insert(id.clone(), info);
-                }
-            }
-            snap.fetched = Some(Instant::now());
+            snap.replace(all);
             Ok(())
         }
         // While EC2 throttles or fails, a somewhat older snapshot is
@@ -306,7 +300,8 @@ async fn refresh_if_older(
     }
 }
 
-/// How long a recorded instance outlives refreshes that do not show it.
+/// How long a recorded instance outlives refreshes that do not show it, and
+/// an accepted termination overrides reads that show the instance alive.
 const RECORDED_KEPT: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
@@ -315,12 +310,81 @@ struct Snapshot {
     by_id: HashMap<String, InstanceInfo>,
     /// When [`InstanceView::record`] last recorded each instance.
     recorded: HashMap<String, Instant>,
+    /// When EC2 accepted the termination of each instance
+    /// ([`InstanceView::record_termination`]).
+    terminating: HashMap<String, Instant>,
 }
 
-/// See the module docs.
-#[derive(Default)]
+impl Snapshot {
+    /// Takes `all` (a fresh DescribeInstances) as the snapshot, keeping
+    /// what operations recorded lately where EC2 does not show it yet.
+    fn replace(&mut self, all: Vec<InstanceInfo>) {
+        let mut previous = std::mem::take(&mut self.by_id);
+        self.by_id = all.into_iter().map(|i| (i.id.clone(), i)).collect();
+        self.recorded.retain(|_, at| at.elapsed() < RECORDED_KEPT);
+        self.terminating
+            .retain(|_, at| at.elapsed() < RECORDED_KEPT);
+        for id in self.recorded.keys() {
+            if !self.by_id.contains_key(id)
+                && let Some(info) = previous.remove(id)
+            {
+                self.by_id.insert(id.clone(), info);
+            }
+        }
+        for id in self.terminating.keys() {
+            if let Some(info) = self.by_id.get_mut(id) {
+                shutting_down(info);
+            }
+        }
+        self.fetched = Some(Instant::now());
+    }
+
+    /// See [`InstanceView::record`].
+    fn record(&mut self, info: InstanceInfo) {
+        self.recorded.insert(info.id.clone(), Instant::now());
+        let info = self.seen_through(info);
+        self.by_id.insert(info.id.clone(), info);
+    }
+
+    /// See [`InstanceView::record_termination`].
+    fn record_termination(&mut self, ids: &[String], accepted: bool) {
+        let now = Instant::now();
+        for id in ids {
+            if accepted {
+                self.terminating.insert(id.clone(), now);
+            }
+            if let Some(info) = self.by_id.get_mut(id) {
+                shutting_down(info);
+                self.recorded.insert(id.clone(), now);
+            }
+        }
+    }
+
+    /// `info` as far as this view knows better than the read it came from.
+    fn seen_through(&self, mut info: InstanceInfo) -> InstanceInfo {
+        if self
+            .terminating
+            .get(&info.id)
+            .is_some_and(|at| at.elapsed() < RECORDED_KEPT)
+        {
+            shutting_down(&mut info);
+        }
+        info
+    }
+}
+
+/// An instance whose termination EC2 accepted: `shutting-down`, unless a
+/// read already shows it further along.
+fn shutting_down(info: &mut InstanceInfo) {
+    if !info.state.is_gone() {
+        info.state = InstanceState::ShuttingDown;
+    }
+}
+
+/// See the module docs. Cheap to clone (shared state).
+#[derive(Clone, Default)]
 pub struct InstanceView {
-    snapshots: Mutex<HashMap<ClientKey, Arc<tokio::sync::Mutex<Snapshot>>>>,
+    snapshots: Arc<Mutex<HashMap<ClientKey, Arc<tokio::sync::Mutex<Snapshot>>>>>,
 }
 
 impl InstanceView {
@@ -348,7 +412,9 @@ impl InstanceView {
             return Ok(Some(found.clone()));
         }
         drop(snap);
-        by_id(handle, id).await
+        let found = by_id(handle, id).await?;
+        let snap = slot.lock().await;
+        Ok(found.map(|i| snap.seen_through(i)))
     }
 
     /// Every instance of the snapshot (at most `max_age` old) for which
@@ -372,8 +438,16 @@ impl InstanceView {
     pub async fn record(&self, key: &ClientKey, info: InstanceInfo) {
         let slot = self.slot(key);
         let mut snap = slot.lock().await;
-        snap.recorded.insert(info.id.clone(), Instant::now());
-        snap.by_id.insert(info.id.clone(), info);
+        snap.record(info);
+    }
+
+    /// Records the outcome of a TerminateInstances for `ids`: `accepted`,
+    /// they show `shutting-down` from now on, whatever reads of the next
+    /// minute say; else (EC2 did not know them) they show `shutting-down`
+    /// until a refresh shows them otherwise.
+    pub async fn record_termination(&self, key: &ClientKey, ids: &[String], accepted: bool) {
+        let slot = self.slot(key);
+        slot.lock().await.record_termination(ids, accepted);
     }
 }
 
@@ -442,6 +516,75 @@ mod tests {
         );
         assert_eq!(instance_id_from_provider_id("gce://p/z/vm"), None);
         assert_eq!(instance_id_from_provider_id(""), None);
+    }
+
+    fn running(id: &str) -> InstanceInfo {
+        InstanceInfo::from(
+            &Instance::builder()
+                .instance_id(id)
+                .state(
+                    aws_sdk_ec2::types::InstanceState::builder()
+                        .name(aws_sdk_ec2::types::InstanceStateName::Running)
+                        .build(),
+                )
+                .build(),
+        )
+    }
+
+    fn state_of(snap: &Snapshot, id: &str) -> Option<InstanceState> {
+        snap.by_id.get(id).map(|i| i.state)
+    }
+
+    #[test]
+    fn an_accepted_termination_outlasts_reads_that_lag_it() {
+        let mut snap = Snapshot::default();
+        snap.replace(vec![running("i-1"), running("i-2")]);
+        snap.record_termination(&["i-1".into(), "i-9".into()], true);
+        assert_eq!(state_of(&snap, "i-1"), Some(InstanceState::ShuttingDown));
+        assert_eq!(state_of(&snap, "i-2"), Some(InstanceState::Running));
+
+        // EC2's next read still says running, or nothing at all.
+        snap.replace(vec![running("i-1"), running("i-2")]);
+        assert_eq!(state_of(&snap, "i-1"), Some(InstanceState::ShuttingDown));
+        snap.replace(vec![running("i-2")]);
+        assert_eq!(state_of(&snap, "i-1"), Some(InstanceState::ShuttingDown));
+        // An instance outside the snapshot, read directly.
+        assert_eq!(
+            snap.seen_through(running("i-9")).state,
+            InstanceState::ShuttingDown
+        );
+        assert_eq!(
+            snap.seen_through(running("i-3")).state,
+            InstanceState::Running
+        );
+        // A later write of what a reconcile knew does not bring it back.
+        snap.record(running("i-1"));
+        assert_eq!(state_of(&snap, "i-1"), Some(InstanceState::ShuttingDown));
+        // Further along is further along.
+        let mut gone = running("i-1");
+        gone.state = InstanceState::Terminated;
+        snap.replace(vec![gone]);
+        assert_eq!(state_of(&snap, "i-1"), Some(InstanceState::Terminated));
+    }
+
+    #[test]
+    fn an_unknown_instance_shows_shutting_down_until_ec2_says_otherwise() {
+        let mut snap = Snapshot::default();
+        snap.record(running("i-1"));
+        snap.record_termination(&["i-1".into()], false);
+        assert_eq!(state_of(&snap, "i-1"), Some(InstanceState::ShuttingDown));
+        snap.replace(vec![]);
+        assert_eq!(
+            state_of(&snap, "i-1"),
+            Some(InstanceState::ShuttingDown),
+            "not shown yet: kept as recorded"
+        );
+        snap.replace(vec![running("i-1")]);
+        assert_eq!(
+            state_of(&snap, "i-1"),
+            Some(InstanceState::Running),
+            "EC2 knows it now, alive: it is terminated again"
+        );
     }
 
     #[test]

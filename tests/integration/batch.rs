@@ -131,27 +131,54 @@ async fn a_deployment_of_20_launches_in_at_most_3_calls_and_terminates_in_at_mos
         "instances name their launch: {launch_tags:?}"
     );
 
+    let terminations = scale_to_zero(&s, "pool").await;
+    assert!(
+        (1..=3).contains(&terminations),
+        "20 machines terminated in {terminations} TerminateInstances calls: {:?}",
+        s.proxy.as_ref().unwrap().calls()
+    );
+}
+
+/// Deleting machines does not wait for their TerminateInstances in the
+/// reconcile: 40 machines deleted at once share calls although only 4
+/// reconciles run at a time.
+#[tokio::test]
+async fn deleting_40_machines_with_4_reconciles_at_a_time_shares_terminations() {
+    let s = shared_user_data_scenario(
+        "batchdel40",
+        ProxyBehaviour::like_ec2(),
+        &["--concurrency=4"],
+    )
+    .await;
+    apply_deployment(&s, "pool", 40, json!({})).await;
+    wait_pool(&s, "pool", 40, 6 * MINUTE).await;
+    let terminations = scale_to_zero(&s, "pool").await;
+    assert!(
+        (1..=3).contains(&terminations),
+        "40 machines terminated in {terminations} TerminateInstances calls: {:?}",
+        s.proxy.as_ref().unwrap().calls()
+    );
+}
+
+/// Scales deployment `name` to 0, waits until its machines and instances
+/// are gone, and returns how many TerminateInstances that took.
+async fn scale_to_zero(s: &Scenario, name: &str) -> u64 {
     let proxy = s.proxy.as_ref().unwrap();
     proxy.reset_counts();
-    merge_patch(&deployments(&s), "pool", json!({"spec": {"replicas": 0}})).await;
+    merge_patch(&deployments(s), name, json!({"spec": {"replicas": 0}})).await;
     eventually_or(
-        "every machine of the pool to be gone",
+        &format!("every machine of pool {name} to be gone"),
         3 * MINUTE,
-        || async { pool(&s, "pool").await.is_empty().then_some(()) },
+        || async { pool(s, name).await.is_empty().then_some(()) },
         || s.op.log(),
     )
     .await;
     assert!(s.live_instances().await.is_empty());
-    let terminations = proxy
+    proxy
         .calls()
         .get("TerminateInstances")
         .copied()
-        .unwrap_or_default();
-    assert!(
-        (1..=3).contains(&terminations),
-        "20 machines terminated in {terminations} TerminateInstances calls: {:?}",
-        proxy.calls()
-    );
+        .unwrap_or_default()
 }
 
 #[tokio::test]

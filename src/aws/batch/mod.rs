@@ -8,7 +8,8 @@
 //! - [`launch`]: which launches may be shared, the shared request, its
 //!   ClientToken and launch tag, and which instance is whose (pure);
 //! - [`terminate`]: one TerminateInstances per credentials + Region for all
-//!   machines being deleted at the same time.
+//!   machines being deleted at the same time; callers hand their IDs in and
+//!   learn the outcome on a later pass.
 
 pub mod gather;
 pub mod launch;

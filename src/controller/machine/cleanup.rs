@@ -24,7 +24,6 @@ use crate::api::machine::{Machine, NODE_LABEL};
 use crate::api::shared::{LastOperation, MachineOperationType, MachinePhase, MachineState};
 use crate::aws::batch::launch::launch_tag;
 use crate::aws::clients::Ec2Handle;
-use crate::aws::errors::ErrorClass;
 use crate::aws::instances::{self, InstanceInfo, InstanceState, instance_id_from_provider_id};
 use crate::controller::context::Context;
 use crate::controller::error::{Error, Result};
@@ -56,8 +55,14 @@ pub(super) async fn cleanup(m: &Machine, ctx: &Context) -> Result<Action> {
     if let Some(handle) = &handle {
         found = instances_of(m, ctx, handle).await?;
     }
-    // Once every instance is on its way out, draining is moot.
-    let termination_started = !found.is_empty() && found.iter().all(|i| i.state.is_gone());
+    // Once every instance is on its way out (or its termination handed
+    // in), draining is moot.
+    let termination_started = !found.is_empty()
+        && handle.as_ref().is_some_and(|h| {
+            found
+                .iter()
+                .all(|i| i.state.is_gone() || ctx.terminations.handed_in(&h.key, &i.id))
+        });
 
     // 1. Cordon and drain the Node, if there is one, and let its volumes
     // detach.
@@ -84,46 +89,36 @@ pub(super) async fn cleanup(m: &Machine, ctx: &Context) -> Result<Action> {
                 retry_after: RECHECK_SOON,
             });
         }
-        let alive: Vec<String> = found
-            .iter()
-            .filter(|i| !i.state.is_gone())
-            .map(|i| i.id.clone())
-            .collect();
-        if !alive.is_empty() {
-            // Together with every other machine deleted now (one call per
-            // credentials + Region), then seen as shutting down until the
-            // view's next refresh says more.
-            match ctx.terminations.terminate(handle, alive.clone()).await {
-                Ok(()) => {}
-                Err(e) if e.class == ErrorClass::NotFound => {}
-                Err(e) => return Err(e.into()),
-            }
-            for i in found.iter().filter(|i| alive.contains(&i.id)) {
-                let going = InstanceInfo {
-                    state: InstanceState::ShuttingDown,
-                    ..i.clone()
-                };
-                ctx.instances.record(&handle.key, going).await;
-            }
-            info!(machine = %name, instances = ?alive, "terminating");
+        // Handed to the batched termination (one call per credentials +
+        // Region for every machine deleted at the same time, however many
+        // reconciles run at once); a later pass learns what EC2 said.
+        let report = ctx.terminations.request(handle, &ctx.instances, &found);
+        if !report.accepted.is_empty() {
+            info!(machine = %name, instances = ?report.accepted, "terminating");
             publish(
                 ctx,
                 m,
                 EventType::Normal,
                 "Terminating",
                 "Delete",
-                format!("Terminating instance(s) {}", alive.join(", ")),
+                format!("Terminating instance(s) {}", report.accepted.join(", ")),
             )
             .await;
-            mark_terminating(
-                m,
-                ctx,
-                &format!("Waiting for EC2 to terminate {}", alive.join(", ")),
-            )
-            .await?;
+        }
+        if let Some(e) = report.refused {
+            return Err(e.into());
+        }
+        let under_way = report.in_progress();
+        if !under_way.is_empty() {
+            let ids = under_way.join(", ");
+            mark_terminating(m, ctx, &format!("Waiting for EC2 to terminate {ids}")).await?;
             return Err(Error::Waiting {
-                what: format!("waiting for EC2 to terminate {}", alive.join(", ")),
-                retry_after: RECHECK_SOON,
+                what: format!("waiting for EC2 to terminate {ids}"),
+                retry_after: if report.pending.is_empty() {
+                    RECHECK_SOON
+                } else {
+                    TERMINATION_RECHECK
+                },
             });
         }
         // `shutting-down` is not `terminated` yet: EC2 may still hold the
@@ -430,6 +425,10 @@ pub(super) async fn wait_for_detach(m: &Machine, ctx: &Context, node: &str) -> R
         retry_after: RECHECK_SOON,
     })
 }
+
+/// How soon a Machine whose termination is pending in the batch looks
+/// again (such a pass makes no API call while nothing changed).
+const TERMINATION_RECHECK: Duration = Duration::from_secs(2);
 
 /// How often a Machine whose instance is `shutting-down` looks again.
 pub(super) const SHUTTING_DOWN_RECHECK: Duration = Duration::from_secs(10);
