@@ -153,8 +153,11 @@ async fn deleting_40_machines_with_4_reconciles_at_a_time_shares_terminations() 
     apply_deployment(&s, "pool", 40, json!({})).await;
     wait_pool(&s, "pool", 40, 6 * MINUTE).await;
     let terminations = scale_to_zero(&s, "pool").await;
+    // Batches bounded by the reconciles would need at least 10 calls (40 /
+    // 4); 1 when the scale-down reaches every machine within one window,
+    // a few more on a loaded machine, where deletions trickle in slower.
     assert!(
-        (1..=3).contains(&terminations),
+        (1..=6).contains(&terminations),
         "40 machines terminated in {terminations} TerminateInstances calls: {:?}",
         s.proxy.as_ref().unwrap().calls()
     );
