@@ -19,6 +19,10 @@ use mcm_provider_aws::controller::index::{Index, machine_keys, node_keys};
 use mcm_provider_aws::controller::nodes::{Nodes, trim_node};
 use serde_json::{Value, json};
 
+/// The integration tests' real-sized Node, shared by path.
+#[path = "../tests/integration/support/real_node.rs"]
+mod fixture;
+
 const PARTS: &[&str] = &["nodes-as-objects", "nodes-cache", "machines", "index"];
 
 fn main() {
@@ -102,80 +106,24 @@ fn rss_kib() -> u64 {
         .expect("VmRSS")
 }
 
-/// A Node as a kubelet registers it: labels, annotations, a taint, five
-/// conditions, addresses, capacity, node info and 20 container images.
+/// A real-sized Node, with what the API server adds (uid,
+/// resourceVersion, managedFields).
 fn real_node(name: &str, instance: &str, i: usize) -> Value {
-    let images: Vec<Value> = (0..20)
-        .map(|k| {
-            json!({"names": [format!("registry.k8s.io/component-{k}@sha256:{:064x}", k * 7919 + i),
-                             format!("registry.k8s.io/component-{k}:v1.{k}.{i}")],
-                   "sizeBytes": 10_000_000 + k * 1_000_000})
-        })
-        .collect();
-    let condition = |t: &str, status: &str, reason: &str, message: &str| {
-        json!({"type": t, "status": status, "reason": reason, "message": message,
-               "lastHeartbeatTime": "2026-12-01T10:00:00Z",
-               "lastTransitionTime": "2026-12-01T09:00:00Z"})
-    };
-    let (region, zone) = ("eu-west-1", "eu-west-1a");
-    json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {
-            "name": name, "uid": format!("{i:08x}-aaaa-bbbb-cccc-{i:012x}"),
-            "resourceVersion": format!("{}", 100_000 + i),
-            "creationTimestamp": "2026-12-01T09:00:00Z",
-            "labels": {
-                "beta.kubernetes.io/arch": "amd64", "beta.kubernetes.io/os": "linux",
-                "beta.kubernetes.io/instance-type": "m5.large",
-                "failure-domain.beta.kubernetes.io/region": region,
-                "failure-domain.beta.kubernetes.io/zone": zone,
-                "kubernetes.io/arch": "amd64", "kubernetes.io/hostname": name,
-                "kubernetes.io/os": "linux", "node.kubernetes.io/instance-type": "m5.large",
-                "topology.kubernetes.io/region": region, "topology.kubernetes.io/zone": zone,
-                "topology.ebs.csi.aws.com/zone": zone, "worker.gardener.cloud/pool": "pool-a",
-                "worker.gardener.cloud/system-components": "true",
-                "networking.gardener.cloud/node-local-dns-enabled": "true"
-            },
-            "annotations": {
-                "node.alpha.kubernetes.io/ttl": "0",
-                "volumes.kubernetes.io/controller-managed-attach-detach": "true",
-                "csi.volume.kubernetes.io/nodeid": format!("{{\"ebs.csi.aws.com\":\"{instance}\"}}"),
-                "node.machine.sapcloud.io/last-applied-anno-labels-taints":
-                    "{\"metadata\":{\"labels\":{\"worker.gardener.cloud/pool\":\"pool-a\"}}}",
-                "projectcalico.org/IPv4Address": "10.250.0.10/19",
-                "checksum/cloud-config-data": format!("{i:064x}")
-            },
-            "managedFields": [{"manager": "kubelet", "operation": "Update", "apiVersion": "v1",
-                               "time": "2026-12-01T09:00:00Z", "fieldsType": "FieldsV1",
-                               "fieldsV1": {"f:status": {"f:conditions": {}}}}]
-        },
-        "spec": {
-            "providerID": format!("aws:///{zone}/{instance}"),
-            "podCIDR": "100.96.0.0/24", "podCIDRs": ["100.96.0.0/24"],
-            "taints": [{"key": "node.example.com/dedicated", "value": "pool-a", "effect": "NoSchedule"}]
-        },
-        "status": {
-            "conditions": [
-                condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
-                condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-                condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
-                condition("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
-                condition("NetworkUnavailable", "False", "CalicoIsUp", "Calico is running on this node")
-            ],
-            "addresses": [
-                {"type": "InternalIP", "address": format!("10.250.{}.{}", i / 256, i % 256)},
-                {"type": "InternalDNS", "address": name},
-                {"type": "Hostname", "address": name}
-            ],
-            "capacity": {"cpu": "2", "memory": "7941076Ki", "pods": "110"},
-            "nodeInfo": {"architecture": "amd64", "bootID": format!("{i:032x}"),
-                         "containerRuntimeVersion": "containerd://1.7.27", "kernelVersion": "6.6.87",
-                         "kubeProxyVersion": "", "kubeletVersion": "v1.33.1",
-                         "machineID": format!("{:032x}", i + 1), "operatingSystem": "linux",
-                         "osImage": "Garden Linux 1592.9", "systemUUID": format!("ec2{i:029x}")},
-            "images": images
-        }
-    })
+    let mut node = fixture::real_node(name, instance, i, "eu-west-1", "eu-west-1a");
+    let meta = node["metadata"].as_object_mut().unwrap();
+    meta.insert(
+        "uid".into(),
+        json!(format!("{i:08x}-aaaa-bbbb-cccc-{i:012x}")),
+    );
+    meta.insert("resourceVersion".into(), json!(format!("{}", 100_000 + i)));
+    meta.insert("creationTimestamp".into(), json!("2026-12-01T09:00:00Z"));
+    meta.insert(
+        "managedFields".into(),
+        json!([{"manager": "kubelet", "operation": "Update", "apiVersion": "v1",
+                "time": "2026-12-01T09:00:00Z", "fieldsType": "FieldsV1",
+                "fieldsV1": {"f:status": {"f:conditions": {}}}}]),
+    );
+    node
 }
 
 /// A Machine of a MachineSet as the operator leaves it once Running: node

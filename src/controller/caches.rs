@@ -22,7 +22,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 
 use super::index::{Index, machine_keys, node_keys};
-use super::nodes::{Announce, Nodes, trim_node};
+use super::nodes::{Announce, Nodes};
 use super::reads::{Reads, SecretMeta, trim_secret_meta};
 use crate::api::machine::Machine;
 use crate::api::machine_class::MachineClass;
@@ -117,22 +117,17 @@ impl Watches {
                 machine_index.observe(ev);
                 announce_deletion(ev, &self.machine_gone);
             });
-        let node_index = self.node_index.clone();
-        let node_cache = self.nodes.clone();
+        // The Node cache trims each Node as it takes it in.
+        let (node_index, node_cache) = (self.node_index.clone(), self.nodes.clone());
         let mut node_subscribers = self.node_subscribers;
-        let nodes = watcher(Api::<Node>::all(target.clone()), wc.clone())
-            .default_backoff()
-            .modify(trim_node)
-            .and_then(move |ev| {
-                node_index.observe(&ev);
-                future::ok(node_cache.apply(ev))
-            });
-        let node_cache = self.nodes.clone();
+        let node_events = watcher(Api::<Node>::all(target.clone()), wc.clone()).default_backoff();
         let nodes = async move {
-            let mut nodes = std::pin::pin!(nodes);
-            while let Some(item) = nodes.next().await {
+            let mut node_events = std::pin::pin!(node_events);
+            while let Some(item) = node_events.next().await {
                 match item {
-                    Ok(announce) => {
+                    Ok(ev) => {
+                        node_index.observe(&ev);
+                        let announce = node_cache.apply(ev);
                         hand_out(&node_cache, announce, &mut node_subscribers).await;
                     }
                     Err(e) => tracing::warn!(error = %e, "watch error (retried)"),

@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 
 use crate::support::ec2::{REGION, ZONE};
 use crate::support::metrics::{kube_requests, sample};
+use crate::support::real_node::real_node;
 use crate::support::scenario::{CLASS, Scenario};
 
 /// Production flags: 30 s instance sync, orphan collection every 15 min.
@@ -68,7 +69,8 @@ async fn measure(n: usize) {
         .for_each_concurrent(PARALLEL, |(i, (id, dns))| {
             let nodes = nodes.clone();
             async move {
-                let node: Node = serde_json::from_value(real_node(dns, id, i)).unwrap();
+                let node: Node =
+                    serde_json::from_value(real_node(dns, id, i, REGION, ZONE)).unwrap();
                 nodes
                     .create(&PostParams::default(), &node)
                     .await
@@ -240,87 +242,6 @@ async fn run_instances(s: &Scenario, spec: &Value, n: usize) -> Vec<(String, Str
         .collect()
         .await;
     out
-}
-
-/// A Node shaped like a real kubelet's: labels, annotations, taints, five
-/// conditions, addresses, capacity, node info and 20 container images.
-fn real_node(name: &str, instance: &str, i: usize) -> Value {
-    let images: Vec<Value> = (0..20)
-        .map(|k| {
-            json!({
-                "names": [
-                    format!("registry.k8s.io/component-{k}@sha256:{:064x}", k * 7919 + i),
-                    format!("registry.k8s.io/component-{k}:v1.{k}.{i}"),
-                ],
-                "sizeBytes": 10_000_000 + k * 1_000_000
-            })
-        })
-        .collect();
-    let condition = |t: &str, status: &str, reason: &str, message: &str| {
-        json!({"type": t, "status": status, "reason": reason, "message": message,
-               "lastHeartbeatTime": "2026-12-01T10:00:00Z",
-               "lastTransitionTime": "2026-12-01T09:00:00Z"})
-    };
-    json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {
-            "name": name,
-            "labels": {
-                "beta.kubernetes.io/arch": "amd64", "beta.kubernetes.io/os": "linux",
-                "beta.kubernetes.io/instance-type": "m5.large",
-                "failure-domain.beta.kubernetes.io/region": REGION,
-                "failure-domain.beta.kubernetes.io/zone": ZONE,
-                "kubernetes.io/arch": "amd64", "kubernetes.io/hostname": name,
-                "kubernetes.io/os": "linux",
-                "node.kubernetes.io/instance-type": "m5.large",
-                "topology.kubernetes.io/region": REGION, "topology.kubernetes.io/zone": ZONE,
-                "topology.ebs.csi.aws.com/zone": ZONE,
-                "worker.gardener.cloud/pool": "pool-a",
-                "worker.gardener.cloud/system-components": "true",
-                "networking.gardener.cloud/node-local-dns-enabled": "true"
-            },
-            "annotations": {
-                "node.alpha.kubernetes.io/ttl": "0",
-                "volumes.kubernetes.io/controller-managed-attach-detach": "true",
-                "csi.volume.kubernetes.io/nodeid": format!("{{\"ebs.csi.aws.com\":\"{instance}\"}}"),
-                "node.machine.sapcloud.io/last-applied-anno-labels-taints": "{\"metadata\":{\"labels\":{\"worker.gardener.cloud/pool\":\"pool-a\"}}}",
-                "projectcalico.org/IPv4Address": "10.250.0.10/19",
-                "checksum/cloud-config-data": format!("{:064x}", i)
-            }
-        },
-        "spec": {
-            "providerID": format!("aws:///{ZONE}/{instance}"),
-            "podCIDR": "100.96.0.0/24", "podCIDRs": ["100.96.0.0/24"],
-            "taints": [{"key": "node.example.com/dedicated", "value": "pool-a", "effect": "NoSchedule"}]
-        },
-        "status": {
-            "conditions": [
-                condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
-                condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-                condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
-                condition("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
-                condition("NetworkUnavailable", "False", "CalicoIsUp", "Calico is running on this node")
-            ],
-            "addresses": [
-                {"type": "InternalIP", "address": "10.250.0.10"},
-                {"type": "InternalDNS", "address": name},
-                {"type": "Hostname", "address": name}
-            ],
-            "capacity": {"cpu": "2", "memory": "7941076Ki", "pods": "110", "ephemeral-storage": "50620216Ki", "hugepages-1Gi": "0", "hugepages-2Mi": "0"},
-            "allocatable": {"cpu": "1920m", "memory": "6708180Ki", "pods": "110", "ephemeral-storage": "49243193270", "hugepages-1Gi": "0", "hugepages-2Mi": "0"},
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
-            "nodeInfo": {
-                "architecture": "amd64", "bootID": format!("{:032x}", i),
-                "containerRuntimeVersion": "containerd://1.7.27", "kernelVersion": "6.6.87",
-                "kubeProxyVersion": "", "kubeletVersion": "v1.33.1",
-                "machineID": format!("{:032x}", i + 1), "operatingSystem": "linux",
-                "osImage": "Garden Linux 1592.9", "systemUUID": format!("ec2{:029x}", i)
-            },
-            "images": images,
-            "volumesInUse": ["kubernetes.io/csi/ebs.csi.aws.com^vol-0123456789abcdef0"],
-            "volumesAttached": [{"name": "kubernetes.io/csi/ebs.csi.aws.com^vol-0123456789abcdef0", "devicePath": ""}]
-        }
-    })
 }
 
 /// A value of the operator's /proc status in KiB (`VmHWM`, `VmRSS`).

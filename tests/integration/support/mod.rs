@@ -32,6 +32,7 @@ pub mod kubelet;
 pub mod metrics;
 pub mod operator;
 pub mod proxy;
+pub mod real_node;
 pub mod scenario;
 pub mod wait;
 
