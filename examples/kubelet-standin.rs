@@ -26,7 +26,7 @@ mod kubelet;
 
 /// What the stand-in imports as `super::ec2` in the tests.
 mod ec2 {
-    pub use super::instances::{state, try_instances_of_namespace, try_user_data};
+    pub use super::instances::{state, try_current_instances_of_namespace, try_user_data};
 }
 
 #[tokio::main]

@@ -17,7 +17,9 @@ use aws_sdk_ec2::types::{
 
 use super::env;
 use super::iam::Keys;
-pub use super::instances::{state, tag, try_instances_of_namespace, try_user_data};
+pub use super::instances::{
+    state, tag, try_current_instances_of_namespace, try_instances_of_namespace, try_user_data,
+};
 
 /// The region every test works in.
 pub const REGION: &str = "eu-west-1";
@@ -157,8 +159,9 @@ async fn linux_ami(ec2: &aws_sdk_ec2::Client) -> String {
         .unwrap_or_else(|| panic!("moto has no Linux x86_64 AMI in {REGION}: {images:?}"))
 }
 
-/// Every instance (in any state) whose [`MACHINE_NAME_TAG`] names a Machine
-/// of namespace `ns`, i.e. has the value `<ns>/<name>`.
+/// Every instance (in any state) of namespace `ns`: its [`MACHINE_NAME_TAG`]
+/// names a Machine of it (`<ns>/<name>`), or its launch tag one of its
+/// batched launches (see [`try_instances_of_namespace`]).
 pub async fn instances_of_namespace(ec2: &aws_sdk_ec2::Client, ns: &str) -> Vec<Instance> {
     try_instances_of_namespace(ec2, ns)
         .await
@@ -168,8 +171,9 @@ pub async fn instances_of_namespace(ec2: &aws_sdk_ec2::Client, ns: &str) -> Vec<
 /// The instances of namespace `ns` that are not terminated or on their way
 /// there (shutting-down).
 pub async fn live_instances_of_namespace(ec2: &aws_sdk_ec2::Client, ns: &str) -> Vec<Instance> {
-    instances_of_namespace(ec2, ns)
+    try_current_instances_of_namespace(ec2, ns)
         .await
+        .unwrap_or_else(|e| panic!("DescribeInstances for namespace {ns}: {e:?}"))
         .into_iter()
         .filter(is_live)
         .collect()

@@ -4,24 +4,61 @@
 //! can reuse the stand-in as it is.
 
 use aws_sdk_ec2::types::{Filter, Instance, InstanceStateName};
-use mcm_provider_aws::aws::tags::MACHINE_NAME_TAG;
+use mcm_provider_aws::aws::tags::{LAUNCH_TAG, MACHINE_NAME_TAG};
 
-/// Every instance (in any state) whose `MACHINE_NAME_TAG` names a Machine
-/// of namespace `ns` (the value `<ns>/<name>`), with EC2 errors returned,
+/// Every instance (in any state) of namespace `ns`: those whose
+/// `MACHINE_NAME_TAG` names a Machine of it (the value `<ns>/<name>`) and
+/// those of its batched launches (`LAUNCH_TAG` `<ns>/<token>`), whose
+/// per-machine tags may not have followed yet. EC2 errors are returned,
 /// for background tasks.
 pub async fn try_instances_of_namespace(
     ec2: &aws_sdk_ec2::Client,
     ns: &str,
 ) -> Result<Vec<Instance>, aws_sdk_ec2::Error> {
+    of_namespace(ec2, ns, None).await
+}
+
+/// [`try_instances_of_namespace`] without the terminated ones, which EC2
+/// (and moto, for ever) keeps listing: far fewer to list once many came
+/// and went.
+pub async fn try_current_instances_of_namespace(
+    ec2: &aws_sdk_ec2::Client,
+    ns: &str,
+) -> Result<Vec<Instance>, aws_sdk_ec2::Error> {
+    let current = Filter::builder()
+        .name("instance-state-name")
+        .set_values(Some(
+            ["pending", "running", "stopping", "stopped", "shutting-down"]
+                .map(String::from)
+                .to_vec(),
+        ))
+        .build();
+    of_namespace(ec2, ns, Some(current)).await
+}
+
+/// One paginated DescribeInstances for the instances with a tag value
+/// `<ns>/...` (both tags above have one; EC2 filters take `*` wildcards),
+/// kept when one of those two tags names the namespace.
+async fn of_namespace(
+    ec2: &aws_sdk_ec2::Client,
+    ns: &str,
+    also: Option<Filter>,
+) -> Result<Vec<Instance>, aws_sdk_ec2::Error> {
     let prefix = format!("{ns}/");
+    let ours = |i: &Instance| {
+        [MACHINE_NAME_TAG, LAUNCH_TAG]
+            .iter()
+            .any(|key| tag(i, key).is_some_and(|v| v.starts_with(&prefix)))
+    };
+    let in_namespace = Filter::builder()
+        .name("tag-value")
+        .values(format!("{prefix}*"))
+        .build();
     let mut pages = ec2
         .describe_instances()
-        .filters(
-            Filter::builder()
-                .name("tag-key")
-                .values(MACHINE_NAME_TAG)
-                .build(),
-        )
+        .set_filters(Some(
+            [Some(in_namespace), also].into_iter().flatten().collect(),
+        ))
         .into_paginator()
         .send();
     let mut out = Vec::new();
@@ -31,7 +68,7 @@ pub async fn try_instances_of_namespace(
                 .reservations()
                 .iter()
                 .flat_map(|r| r.instances())
-                .filter(|i| tag(i, MACHINE_NAME_TAG).is_some_and(|v| v.starts_with(&prefix)))
+                .filter(|i| ours(i))
                 .cloned(),
         );
     }

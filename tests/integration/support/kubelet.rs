@@ -2,7 +2,9 @@
 //! kubelet (with cloud-provider-aws) of every EC2 instance of one test
 //! namespace, where the operator can tell the difference:
 //!
-//! - a pending/running instance gets a Node named after its private DNS name,
+//! - a pending/running instance of the namespace (one tagged with one of its
+//!   Machines, or launched by one of its batched launches: a real kubelet
+//!   does not wait for EC2 tags) gets a Node named after its private DNS name,
 //!   with `spec.providerID = aws:///<availability-zone>/<instance-id>` (the
 //!   zone, not the region, as cloud-provider-aws sets it), the well-known
 //!   labels and a `Ready=True` condition. Like the real kubelet it registers
@@ -32,8 +34,15 @@
 //!
 //! There is no scheduler either: a test puts a Pod on a Node by creating it
 //! with `spec.nodeName` set, see [`pod_on_node`].
+//!
+//! A pass is cheap at a thousand instances: new Nodes register a few at a
+//! time, a Node's status is written only when its readiness changes (the
+//! stand-in remembers what it reported), and the Pods to finish come from
+//! one list per pass.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use futures::{StreamExt, stream};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -47,10 +56,13 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, P
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
-use super::ec2::{state, try_instances_of_namespace, try_user_data};
+use super::ec2::{state, try_current_instances_of_namespace, try_user_data};
 
 /// How often the stand-in looks at EC2 and the API server.
 const TICK: Duration = Duration::from_millis(300);
+/// How many Nodes register at once (each reads the instance's user data,
+/// maybe a Secret, then creates the Node and writes its status).
+const REGISTRATIONS_AT_ONCE: usize = 16;
 /// The image of every test Pod. Nothing ever pulls or runs it.
 pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.9";
 
@@ -78,6 +90,10 @@ struct Shared {
     refused: BTreeMap<String, String>,
     /// No new Node registers while set ([`Kubelet::hold_registrations`]).
     hold: bool,
+    /// Node name → the readiness last written to it (or found deleted).
+    reported: BTreeMap<String, Readiness>,
+    /// How long the last pass took, and its listing of the instances.
+    last_pass: Option<PassTimes>,
     /// The error of the last failed pass; the loop carries on regardless.
     last_error: Option<String>,
 }
@@ -137,6 +153,11 @@ impl Kubelet {
         lock(&self.shared).hold = hold;
     }
 
+    /// How long the last finished pass took (for benchmarks).
+    pub fn last_pass(&self) -> Option<PassTimes> {
+        lock(&self.shared).last_pass
+    }
+
     /// The error of the last failed pass, if the latest pass failed; for
     /// assertion messages.
     pub fn last_error(&self) -> Option<String> {
@@ -169,6 +190,17 @@ pub fn condition_status<'a>(node: &'a Node, type_: &str) -> Option<&'a str> {
         .iter()
         .find(|c| c.type_ == type_)
         .map(|c| c.status.as_str())
+}
+
+/// How long one pass of the stand-in took.
+#[derive(Clone, Copy, Debug)]
+pub struct PassTimes {
+    /// The whole pass.
+    pub pass: Duration,
+    /// Listing the namespace's instances (DescribeInstances).
+    pub listing: Duration,
+    /// Instances seen.
+    pub instances: usize,
 }
 
 /// The bootstrap token an instance's node agent joined with.
@@ -242,46 +274,87 @@ struct Agent {
 
 impl Agent {
     async fn run(self) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            let started = tokio::time::Instant::now();
             let result = self.pass().await;
-            if let Err(e) = &result {
-                eprintln!("kubelet stand-in for namespace {}: {e}", self.ns);
+            let rest = match &result {
+                Ok(times) => TICK.max(times.listing),
+                Err(e) => {
+                    eprintln!("kubelet stand-in for namespace {}: {e}", self.ns);
+                    TICK
+                }
+            };
+            {
+                let mut shared = lock(&self.shared);
+                match result {
+                    Ok(times) => {
+                        shared.last_pass = Some(PassTimes {
+                            pass: started.elapsed(),
+                            ..times
+                        });
+                        shared.last_error = None;
+                    }
+                    Err(e) => shared.last_error = Some(e),
+                }
             }
-            lock(&self.shared).last_error = result.err();
+            tokio::time::sleep(rest).await;
         }
     }
 
-    /// One look at every instance of the namespace and every Node registered.
-    async fn pass(&self) -> Result<(), String> {
-        let instances = try_instances_of_namespace(&self.ec2, &self.ns)
+    /// One look at every instance of the namespace and every Node
+    /// registered. Returns how long listing the instances took: moto lists
+    /// a thousand slowly, and the next pass waits as long, which leaves
+    /// moto at least half its time for the operator.
+    async fn pass(&self) -> Result<PassTimes, String> {
+        let listing = tokio::time::Instant::now();
+        // Terminated instances are as good as gone (their Nodes turn
+        // Unknown either way), and moto lists every one it ever had.
+        let instances = try_current_instances_of_namespace(&self.ec2, &self.ns)
             .await
             .map_err(|e| format!("DescribeInstances: {e}"))?;
+        let listing = listing.elapsed();
+        let running = |i: &Instance| matches!(state(i), "pending" | "running");
+        let unregistered: Vec<Instance> = {
+            let shared = lock(&self.shared);
+            instances
+                .iter()
+                .filter(|i| running(i) && !shared.hold)
+                .filter(|i| {
+                    i.instance_id()
+                        .is_some_and(|id| !shared.nodes.contains_key(id))
+                })
+                .cloned()
+                .collect()
+        };
+        let registered: Vec<Result<(), String>> = stream::iter(unregistered)
+            .map(|i| async move { self.register(&i).await })
+            .buffer_unordered(REGISTRATIONS_AT_ONCE)
+            .collect()
+            .await;
+        let mut failure = registered.into_iter().find_map(Result::err);
         let mut seen = BTreeSet::new();
+        let mut ready = BTreeSet::new();
         for instance in &instances {
             let Some(id) = instance.instance_id() else {
                 continue;
             };
             seen.insert(id.to_string());
-            let running = matches!(state(instance), "pending" | "running");
-            if running {
-                self.register(instance).await?;
-            }
             let Some(node) = self.node_of_instance(id) else {
                 continue;
             };
-            let readiness = match (running, self.forced_ready(&node)) {
+            let readiness = match (running(instance), self.forced_ready(&node)) {
                 (false, _) => Readiness::Unknown,
                 (true, Some(false)) => Readiness::False,
                 (true, _) => Readiness::True,
             };
-            self.report(&node, readiness).await?;
+            if let Err(e) = self.report(&node, readiness).await {
+                failure.get_or_insert(e);
+            }
             if readiness == Readiness::True {
-                self.finish_deleted_pods(&node).await?;
+                ready.insert(node);
             }
         }
+        self.finish_deleted_pods(&ready).await?;
         // Instances EC2 has forgotten altogether.
         let gone: Vec<String> = {
             let shared = lock(&self.shared);
@@ -295,7 +368,12 @@ impl Agent {
         for node in gone {
             self.report(&node, Readiness::Unknown).await?;
         }
-        Ok(())
+        let times = PassTimes {
+            pass: Duration::ZERO,
+            listing,
+            instances: instances.len(),
+        };
+        failure.map_or(Ok(times), Err)
     }
 
     /// The Node of instance `id`, unless a newer instance took its name.
@@ -314,12 +392,6 @@ impl Agent {
         let Some(id) = instance.instance_id() else {
             return Ok(());
         };
-        {
-            let shared = lock(&self.shared);
-            if shared.nodes.contains_key(id) || shared.hold {
-                return Ok(());
-            }
-        }
         let name = match instance.private_dns_name() {
             Some(n) if !n.is_empty() => n.to_string(),
             _ => return Ok(()), // not known yet; try again next pass
@@ -402,6 +474,7 @@ impl Agent {
             shared.forced_ready.remove(&name);
         }
         shared.owners.insert(name.clone(), id.to_string());
+        shared.reported.insert(name.clone(), Readiness::True);
         shared.nodes.insert(id.to_string(), name);
         Ok(())
     }
@@ -466,17 +539,10 @@ impl Agent {
         })
     }
 
-    /// Sets the Node's Ready condition, when it changes and the Node exists.
+    /// Sets the Node's Ready condition when it differs from what this
+    /// stand-in reported last (nobody else writes it) and the Node exists.
     async fn report(&self, node: &str, readiness: Readiness) -> Result<(), String> {
-        let current = self
-            .nodes
-            .get_opt(node)
-            .await
-            .map_err(|e| format!("get Node {node}: {e}"))?;
-        let Some(current) = current else {
-            return Ok(()); // deleted (by the operator): a kubelet does not re-register
-        };
-        if ready_status(&current) == Some(readiness.as_str()) {
+        if lock(&self.shared).reported.get(node) == Some(&readiness) {
             return Ok(());
         }
         let now = Time(Timestamp::now());
@@ -486,27 +552,41 @@ impl Agent {
             .patch_status(node, &PatchParams::default(), &Patch::Strategic(patch))
             .await
         {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
-            Err(e) => Err(format!(
-                "set Ready={} on Node {node}: {e}",
-                readiness.as_str()
-            )),
+            Ok(_) => {}
+            // Deleted (by the operator): a kubelet does not re-register.
+            Err(kube::Error::Api(s)) if s.is_not_found() => {}
+            Err(e) => {
+                return Err(format!(
+                    "set Ready={} on Node {node}: {e}",
+                    readiness.as_str()
+                ));
+            }
         }
+        lock(&self.shared)
+            .reported
+            .insert(node.to_string(), readiness);
+        Ok(())
     }
 
-    /// Finishes the Pods on `node` that are being deleted, as a kubelet does
-    /// once their containers have stopped.
-    async fn finish_deleted_pods(&self, node: &str) -> Result<(), String> {
-        let on_node = ListParams::default().fields(&format!("spec.nodeName={node}"));
+    /// Finishes the Pods on `nodes` that are being deleted, as a kubelet
+    /// does once their containers have stopped (one list for all Nodes).
+    async fn finish_deleted_pods(&self, nodes: &BTreeSet<String>) -> Result<(), String> {
+        if nodes.is_empty() {
+            return Ok(());
+        }
         let pods = self
             .pods
-            .list(&on_node)
+            .list(&ListParams::default())
             .await
-            .map_err(|e| format!("list Pods on {node}: {e}"))?;
+            .map_err(|e| format!("list Pods: {e}"))?;
         for pod in pods {
+            let on_ours = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_ref())
+                .is_some_and(|n| nodes.contains(n));
             let finished = pod.metadata.deletion_grace_period_seconds == Some(0);
-            if pod.metadata.deletion_timestamp.is_none() || finished {
+            if !on_ours || pod.metadata.deletion_timestamp.is_none() || finished {
                 continue;
             }
             let api =
