@@ -2,13 +2,19 @@
 //! `make test` stays fast). Each prints its numbers; nothing here asserts a
 //! wall-clock limit.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use kube::api::DeleteParams;
+use futures::StreamExt;
+use kube::api::{Api, DeleteParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use mcm_provider_aws::api::machine::Machine;
 use mcm_provider_aws::api::shared::MachinePhase;
 
 use crate::batch::shared_user_data_scenario;
-use crate::support::fleet::{apply_deployment, deployments, merge_patch, pool};
+use crate::support::fleet::{apply_deployment, deployments, merge_patch};
+use crate::support::metrics::{delta, kube_requests};
 use crate::support::proxy::ProxyBehaviour;
 use crate::support::scenario::Scenario;
 
@@ -103,6 +109,8 @@ async fn bench_100_machines_to_running() {
 /// buckets at a default account's sizes): a MachineDeployment of N
 /// (`BENCH_MACHINES`, default 100) machines whose user data may be shared,
 /// scaled up, then down to 0. `BENCH_API_SHARE` sets `--ec2-api-share`.
+/// Prints progress every 15 s (where the time goes), the milestones, the
+/// EC2 calls by action, and what EC2's buckets allow at that share.
 #[tokio::test]
 #[ignore = "measurement; run with `make bench`"]
 async fn bench_batched_launch() {
@@ -119,18 +127,20 @@ async fn bench_batched_launch() {
     flags.push(&share_flag);
     let s = shared_user_data_scenario("bench-batch", ProxyBehaviour::like_ec2(), &flags).await;
     let proxy = s.proxy.as_ref().unwrap();
+    let machines = watched_machines(&s);
     tokio::time::sleep(Duration::from_secs(3)).await;
     proxy.reset_counts();
+    let requests = kube_requests_of(&s);
     let started = Instant::now();
     println!(
-        "BENCH batched {n} machines: scale-up at {}",
+        "BENCH batched {n} machines (share {share}): scale-up at {}",
         k8s_openapi::jiff::Timestamp::now()
     );
     apply_deployment(&s, "bench", n as i32, serde_json::json!({})).await;
-    let (mut with_instance, mut running) = (None, None);
-    let deadline = Duration::from_secs(1800);
-    while running.is_none() && started.elapsed() < deadline {
-        let machines = pool(&s, "bench").await;
+    let (mut created, mut with_instance, mut running) = (None, None, None);
+    let mut progress = Progress::every(Duration::from_secs(15));
+    while running.is_none() && started.elapsed() < DEADLINE {
+        let machines = machines.state();
         let launched = machines
             .iter()
             .filter(|m| m.spec.provider_id.is_some())
@@ -139,34 +149,51 @@ async fn bench_batched_launch() {
             .iter()
             .filter(|m| m.phase() == Some(MachinePhase::Running))
             .count();
+        let now = Some(started.elapsed());
+        if machines.len() >= n && created.is_none() {
+            created = now;
+        }
         if launched >= n && with_instance.is_none() {
-            with_instance = Some(started.elapsed());
+            with_instance = now;
         }
         if up >= n {
-            running = Some(started.elapsed());
+            running = now;
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        progress.print(started, || {
+            format!(
+                "{} machines, {launched} with an instance, {} Nodes, {up} Running; EC2 calls {:?}; kubelet pass {:?}",
+                machines.len(),
+                s.kubelet.nodes().len(),
+                proxy.calls(),
+                s.kubelet.last_pass(),
+            )
+        });
+        tokio::time::sleep(POLL).await;
     }
     let create_calls = proxy.calls();
     let create_total = proxy.total_calls();
     let throttled = proxy.throttled();
-    let run_calls = create_calls
-        .get("RunInstances")
-        .copied()
-        .unwrap_or_default();
-    // What the operator's own buckets allow at this share: RunInstances
-    // calls at 2/s × share after a burst of 5 × share, instances at
-    // 2/s × share after a burst of 1000 × share.
-    let one_per_machine = (n as f64 - (5.0 * share).floor()).max(0.0) / (2.0 * share);
-    let resource_bound = (n as f64 - (1000.0 * share).floor()).max(0.0) / (2.0 * share);
+    let count = |calls: &BTreeMap<String, u64>, action: &str| {
+        calls.get(action).copied().unwrap_or_default()
+    };
+    let bounds = Bounds::at(n, share);
     println!(
-        "BENCH batched {n} machines (share {share}): all with instances after {with_instance:?}, all Running after {running:?}"
+        "BENCH batched {n} machines (share {share}): all Machines created after {created:?}, all with an instance after {with_instance:?}, all Running after {running:?}"
     );
     println!(
-        "BENCH batched {n} machines: {run_calls} RunInstances calls; one RunInstances per machine would need ≥ {one_per_machine:.0} s of calls, the instance bucket allows all after {resource_bound:.0} s"
+        "BENCH batched {n} machines: RunInstances {}, CreateTags {}, DescribeInstances {}, TerminateInstances {} (create→Running total {create_total}: {create_calls:?}), throttled by the proxy {throttled:?}",
+        count(&create_calls, "RunInstances"),
+        count(&create_calls, "CreateTags"),
+        count(&create_calls, "DescribeInstances"),
+        count(&create_calls, "TerminateInstances"),
     );
     println!(
-        "BENCH batched {n} machines: create→Running EC2 calls {create_calls:?} (total {create_total}), throttled by the proxy {throttled:?}"
+        "BENCH batched {n} machines: create→Running Kubernetes API requests of the operator {:?}",
+        delta(&requests, &kube_requests_of(&s))
+    );
+    println!(
+        "BENCH batched {n} machines: one RunInstances per machine would need ≥ {:.0} s of RunInstances calls; the instance bucket at share {share} allows all {n} after {:.0} s; CreateTags (one per instance) allows all after {:.0} s",
+        bounds.one_call_per_machine, bounds.instance_bucket, bounds.create_tags
     );
     assert_eq!(
         s.live_instances().await.len(),
@@ -175,6 +202,7 @@ async fn bench_batched_launch() {
     );
 
     proxy.reset_counts();
+    let requests = kube_requests_of(&s);
     let started = Instant::now();
     merge_patch(
         &deployments(&s),
@@ -182,17 +210,111 @@ async fn bench_batched_launch() {
         serde_json::json!({"spec": {"replicas": 0}}),
     )
     .await;
-    while !pool(&s, "bench").await.is_empty() && started.elapsed() < deadline {
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    let mut progress = Progress::every(Duration::from_secs(15));
+    loop {
+        let left = machines.state();
+        if left.is_empty() || started.elapsed() >= DEADLINE {
+            break;
+        }
+        progress.print(started, || {
+            format!(
+                "{} machines left, {} Terminating; EC2 calls {:?}",
+                left.len(),
+                left.iter()
+                    .filter(|m| m.phase() == Some(MachinePhase::Terminating))
+                    .count(),
+                proxy.calls()
+            )
+        });
+        tokio::time::sleep(POLL).await;
     }
     let deleted = started.elapsed();
+    let delete_calls = proxy.calls();
     let delete_total = proxy.total_calls();
     println!(
-        "BENCH batched {n} machines: all deleted after {deleted:?}, EC2 calls {:?} (total {delete_total})",
-        proxy.calls()
+        "BENCH batched {n} machines: all deleted after {deleted:?}, TerminateInstances {}, DescribeInstances {} (total {delete_total}: {delete_calls:?})",
+        count(&delete_calls, "TerminateInstances"),
+        count(&delete_calls, "DescribeInstances"),
+    );
+    println!(
+        "BENCH batched {n} machines: delete Kubernetes API requests of the operator {:?}",
+        delta(&requests, &kube_requests_of(&s))
     );
     println!(
         "BENCH batched {n} machines: EC2 calls per machine over create→Running→delete: {:.2}",
         (create_total + delete_total) as f64 / n as f64
     );
+}
+
+/// The scenario's Machines as a watch shows them: polling a store instead
+/// of listing a thousand Machines a second, which is itself work for the
+/// API server that the operator shares.
+fn watched_machines(s: &Scenario) -> Store<Machine> {
+    let (reader, writer) = reflector::store();
+    let api: Api<Machine> = Api::namespaced(s.client.clone(), &s.ns);
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .applied_objects();
+    tokio::spawn(stream.for_each(|_| futures::future::ready(())));
+    reader
+}
+
+/// The operator's Kubernetes API requests so far, by verb and resource.
+fn kube_requests_of(s: &Scenario) -> BTreeMap<String, f64> {
+    s.op.http_get("/metrics")
+        .map(|(_, body)| kube_requests(&body))
+        .unwrap_or_default()
+}
+
+/// How long a benchmark waits for each half.
+const DEADLINE: Duration = Duration::from_secs(1800);
+/// How often it looks at the watched machines.
+const POLL: Duration = Duration::from_millis(250);
+
+/// What EC2's buckets (AWS's defaults, `rate_limit.rs`) allow at the
+/// operator's share, in seconds until the last of `n` machines.
+struct Bounds {
+    /// One RunInstances per machine: the request bucket (5 burst, 2/s).
+    one_call_per_machine: f64,
+    /// The RunInstances instance bucket (1000 burst, 2/s).
+    instance_bucket: f64,
+    /// One CreateTags per instance (100 burst, 10/s).
+    create_tags: f64,
+}
+
+impl Bounds {
+    fn at(n: usize, share: f64) -> Bounds {
+        let after_burst = |burst: f64, per_sec: f64| {
+            (n as f64 - (burst * share).floor()).max(0.0) / (per_sec * share)
+        };
+        Bounds {
+            one_call_per_machine: after_burst(5.0, 2.0),
+            instance_bucket: after_burst(1000.0, 2.0),
+            create_tags: after_burst(100.0, 10.0),
+        }
+    }
+}
+
+/// Prints a progress line at most once per period.
+struct Progress {
+    every: Duration,
+    last: Option<Instant>,
+}
+
+impl Progress {
+    fn every(every: Duration) -> Progress {
+        Progress { every, last: None }
+    }
+
+    fn print(&mut self, started: Instant, line: impl FnOnce() -> String) {
+        if self.last.is_some_and(|t| t.elapsed() < self.every) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        println!(
+            "BENCH   {:>6.1} s: {}",
+            started.elapsed().as_secs_f64(),
+            line()
+        );
+    }
 }
