@@ -1,6 +1,6 @@
 //! Orphan collection: instances carrying a class's cluster and role tags but
-//! belonging to no Machine are terminated — periodically and after every
-//! machine deletion.
+//! belonging to no Machine are terminated — periodically and after machine
+//! deletions (one pass for a burst of them, see [`DELETIONS_SETTLE`]).
 //!
 //! Safety rules: it only runs once the Machine cache has synced; an instance
 //! is kept when any known Machine carries its UID tag or its ID in the
@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use aws_sdk_ec2::types::Filter;
 use kube::ResourceExt;
@@ -42,12 +43,22 @@ pub async fn run(ctx: Arc<Context>) {
             ),
             Err(e) => warn!(error = %e, "orphan collection failed"),
         }
+        let interval = ctx.config.orphan_collection_interval;
         tokio::select! {
-            _ = tokio::time::sleep(ctx.config.orphan_collection_interval) => {}
-            _ = ctx.orphan_wakeup.notified() => {}
+            _ = tokio::time::sleep(interval) => {}
+            _ = ctx.orphan_wakeup.notified() => {
+                // Deletions come in bursts (a scale-down): the wake-ups
+                // of the next seconds fold into one pass.
+                tokio::time::sleep(DELETIONS_SETTLE.min(interval)).await;
+            }
         }
     }
 }
+
+/// How long the collector waits after a machine deletion woke it, so that
+/// a scale-down of a thousand machines costs a pass (a DescribeInstances of
+/// everything in the cluster) every 10 s, not one per machine.
+pub const DELETIONS_SETTLE: Duration = Duration::from_secs(10);
 
 /// One pass; returns how many instances it terminated.
 pub async fn collect_once(ctx: &Context) -> Result<usize> {
