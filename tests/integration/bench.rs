@@ -244,6 +244,14 @@ async fn bench_batched_launch() {
         "BENCH batched {n} machines: EC2 calls per machine over create→Running→delete: {:.2}",
         (create_total + delete_total) as f64 / n as f64
     );
+    // The test environment goes with the test; the operator's log stays.
+    let kept = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-batched-operator.log");
+    if std::fs::copy(s.op.log_path(), &kept).is_ok() {
+        println!(
+            "BENCH batched {n} machines: operator log in {}",
+            kept.display()
+        );
+    }
 }
 
 /// The scenario's Machines as a watch shows them: polling a store instead
