@@ -20,6 +20,7 @@ use super::fleet::replacement::FailureGate;
 use super::index::Index;
 use super::machine::drain::Drainer;
 use super::machine::launch_batch::LaunchBatches;
+use super::machine::released::Released;
 use super::nodes::Nodes;
 use super::reads::Reads;
 use super::recorder::Recorder;
@@ -75,6 +76,8 @@ pub struct Context {
     pub drainer: Drainer,
     /// Wakes the orphan collector (after a machine is deleted).
     pub orphan_wakeup: Notify,
+    /// Machines whose finalizer was released, until the cache shows them gone.
+    pub released: Released,
     /// Per-object retry backoff, reset when a reconcile succeeds.
     backoffs: Mutex<HashMap<String, ExponentialBackoff>>,
     /// Machines whose launch failed for a reason that takes time to change
@@ -120,6 +123,7 @@ impl Context {
             expectations: Expectations::default(),
             replacements: FailureGate::default(),
             orphan_wakeup: Notify::new(),
+            released: Released::default(),
             backoffs: Mutex::new(HashMap::new()),
             creation_holds: Mutex::new(HashMap::new()),
             drain_pauses: Mutex::new(HashMap::new()),

@@ -24,6 +24,7 @@ mod observe;
 pub mod phase;
 pub mod preservation;
 mod preserving;
+pub mod released;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +72,11 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Context>) -> Result<Actio
         .ok_or_else(|| Error::Invalid("Machine has no namespace".into()))?;
     let api = Api::<Machine>::namespaced(ctx.client.clone(), &ns);
     let key = machine.uid().unwrap_or_default();
+    let deleting = machine.metadata.deletion_timestamp.is_some();
+    if deleting && ctx.released.contains(&key) {
+        // A stale copy: its finalizer went, its deletion event is on its way.
+        return Ok(Action::await_change());
+    }
     ctx.caches_synced().await?;
     let result = finalizer(&api, FINALIZER, machine, |event| async {
         match event {
@@ -88,6 +94,10 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Context>) -> Result<Actio
     .map_err(|e| Error::Finalizer(Box::new(e)));
     if result.is_ok() {
         ctx.reset_backoff(&key);
+        if deleting {
+            // Cleanup finished and the finalizer is gone (or was not ours).
+            ctx.released.remember(&key);
+        }
     }
     result
 }
