@@ -9,7 +9,8 @@
 //! - [`admin`], [`health`], [`metrics`]: `/metrics`, `/livez`, `/readyz`;
 //!   [`logging`]: the log filter (secret-printing SDK targets held back).
 //! - [`leader`]: leader election on a Lease; [`shutdown`]: the SIGTERM signal.
-//! - [`intern`]: shared copies of strings that repeat across cached objects.
+//! - [`intern`]: shared copies of strings that repeat across cached objects;
+//!   [`shared_value`]: the same for sub-objects (a Machine's node template).
 pub mod admin;
 pub mod api;
 pub mod aws;
@@ -20,4 +21,5 @@ pub mod kube_metrics;
 pub mod leader;
 pub mod logging;
 pub mod metrics;
+pub mod shared_value;
 pub mod shutdown;

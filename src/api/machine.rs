@@ -15,6 +15,7 @@ use crate::api::shared::{
     is_default,
 };
 use crate::intern::IStr;
+use crate::shared_value::Shared;
 
 /// Label on a Machine naming the Node that backs it (set once the Node has
 /// joined), as in MCM.
@@ -22,6 +23,8 @@ pub const NODE_LABEL: &str = "node";
 
 /// Desired state of a Machine: which MachineClass to create it from, what its
 /// Node should look like, and per-machine timeouts.
+// The class, node template and configuration are `Shared`: every Machine of
+// a set repeats its template's, and the cache keeps one copy of each.
 // Each `printcolumn(...)` repeats the same keys, which clippy mistakes for
 // duplicated attributes.
 #[allow(clippy::duplicated_attributes)]
@@ -66,7 +69,7 @@ pub struct MachineSpec {
     /// The MachineClass this machine is created from (`kind: MachineClass`,
     /// `name: <class name>`, same namespace).
     #[serde(default, skip_serializing_if = "is_default")]
-    pub class: ClassSpec,
+    pub class: Shared<ClassSpec>,
 
     /// Cloud provider ID of the instance backing this machine, set by the
     /// operator once the instance exists, e.g.
@@ -81,12 +84,12 @@ pub struct MachineSpec {
 
     /// Labels, annotations and taints to put on the Node once it joins.
     #[serde(default, skip_serializing_if = "is_default")]
-    pub node_template: NodeTemplateSpec,
+    pub node_template: Shared<NodeTemplateSpec>,
 
     /// Per-machine timeouts and health settings, inlined into the spec as in
     /// MCM (`drainTimeout`, `healthTimeout`, `creationTimeout`, ...).
     #[serde(flatten)]
-    pub configuration: MachineConfiguration,
+    pub configuration: Shared<MachineConfiguration>,
 }
 
 /// Observed state of a Machine.
@@ -265,7 +268,7 @@ status:
     fn deserializes_an_mcm_machine() {
         let machine: Machine = serde_yaml::from_str(MACHINE_YAML).unwrap();
         let spec = &machine.spec;
-        assert_eq!(spec.class, ClassSpec::machine_class("test-class"));
+        assert_eq!(*spec.class, ClassSpec::machine_class("test-class"));
         assert_eq!(
             spec.provider_id.as_deref(),
             Some("aws:///eu-west-1/i-0123456789abcdef0")
@@ -311,11 +314,28 @@ status:
     }
 
     #[test]
+    fn machines_of_one_template_share_its_parts_and_keep_their_wire_form() {
+        let a: Machine = serde_yaml::from_str(MACHINE_YAML).unwrap();
+        let b: Machine =
+            serde_yaml::from_str(&MACHINE_YAML.replace("test-machine", "other")).unwrap();
+        assert!(Shared::ptr_eq(&a.spec.class, &b.spec.class));
+        assert!(Shared::ptr_eq(&a.spec.node_template, &b.spec.node_template));
+        assert!(Shared::ptr_eq(&a.spec.configuration, &b.spec.configuration));
+        let original: Value = serde_yaml::from_str(MACHINE_YAML).unwrap();
+        let written = serde_json::to_value(&a).unwrap();
+        assert_eq!(
+            written["spec"]["nodeTemplate"],
+            original["spec"]["nodeTemplate"]
+        );
+        assert_eq!(written["spec"]["class"], original["spec"]["class"]);
+    }
+
+    #[test]
     fn minimal_machine_serializes_minimally() {
         let machine = Machine::new(
             "m1",
             MachineSpec {
-                class: ClassSpec::machine_class("c1"),
+                class: ClassSpec::machine_class("c1").into(),
                 ..MachineSpec::default()
             },
         );
@@ -345,7 +365,7 @@ status:
         .unwrap();
         let status = machine.status.unwrap();
         assert_eq!(status, MachineStatus::default());
-        assert_eq!(machine.spec.node_template, NodeTemplateSpec::default());
+        assert_eq!(*machine.spec.node_template, NodeTemplateSpec::default());
     }
 
     #[test]

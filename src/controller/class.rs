@@ -77,7 +77,7 @@ impl<'a> ClassUse<'a> {
                 machines
                     .items
                     .into_iter()
-                    .map(|m| m.spec.class.name)
+                    .map(|m| m.spec.class.name.clone())
                     .collect(),
             );
         }

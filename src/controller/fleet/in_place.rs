@@ -13,13 +13,13 @@
 use serde_json::{Map, Value};
 
 use crate::api::machine::MachineSpec;
-use crate::api::shared::{MachineConfiguration, MachineTemplateSpec, NodeTemplateSpec};
+use crate::api::shared::MachineTemplateSpec;
 
 /// `template` with its in-place fields cleared, for comparing templates.
 pub fn without(template: &MachineTemplateSpec) -> MachineTemplateSpec {
     let mut t = template.clone();
-    t.spec.node_template = NodeTemplateSpec::default();
-    t.spec.configuration = MachineConfiguration::default();
+    t.spec.node_template = Default::default();
+    t.spec.configuration = Default::default();
     t
 }
 

@@ -943,7 +943,7 @@ mod tests {
                         ..ObjectMeta::default()
                     },
                     spec: crate::api::machine::MachineSpec {
-                        class: ClassSpec::machine_class("c"),
+                        class: ClassSpec::machine_class("c").into(),
                         ..Default::default()
                     },
                 },

@@ -476,7 +476,7 @@ mod tests {
                         ..ObjectMeta::default()
                     },
                     spec: crate::api::machine::MachineSpec {
-                        class: ClassSpec::machine_class("c"),
+                        class: ClassSpec::machine_class("c").into(),
                         provider_id: Some("aws:///x/i-1".into()),
                         ..Default::default()
                     },

@@ -13,7 +13,8 @@ pub fn machine(namespace: &str, name: &str, class: &str) -> Machine {
                 kind: "MachineClass".into(),
                 name: class.into(),
                 ..ClassSpec::default()
-            },
+            }
+            .into(),
             ..MachineSpec::default()
         },
     );
