@@ -1,7 +1,9 @@
 //! What the operator's caches cost per object, measured in this process:
 //! N Nodes shaped like a real kubelet's and N Machines as the operator
 //! leaves them once Running, each fed through the cache that holds it, and
-//! the growth of the resident set reported per object.
+//! the growth of the resident set reported per object. Machines arrive as
+//! the watch hands them over: deserialized from bytes, trimmed like
+//! [`trim_machine`] does, into a reflector store (its keys included).
 //!
 //! `make bench` runs it (release build); `cargo run --release --example
 //! cache_footprint -- 10000` alone takes seconds, which makes it the quick
@@ -13,8 +15,10 @@
 use std::process::Command;
 
 use k8s_openapi::api::core::v1::Node;
+use kube::runtime::reflector;
 use kube::runtime::watcher::Event;
 use mcm_provider_aws::api::machine::Machine;
+use mcm_provider_aws::controller::caches::trim_machine;
 use mcm_provider_aws::controller::index::{Index, machine_keys, node_keys};
 use mcm_provider_aws::controller::nodes::{Nodes, trim_node};
 use serde_json::{Value, json};
@@ -49,7 +53,7 @@ fn measure(n: usize, part: &str) {
     let machine_index = Index::new(machine_keys);
     let node_index = Index::new(node_keys);
     let mut kept_nodes: Vec<Node> = Vec::new();
-    let mut kept_machines: Vec<Machine> = Vec::new();
+    let (machines, mut machine_writer) = reflector::store::<Machine>();
     for i in 0..n {
         let name = format!(
             "ip-10-250-{}-{}.eu-west-1.compute.internal",
@@ -68,11 +72,11 @@ fn measure(n: usize, part: &str) {
                 nodes.apply(Event::Apply(serde_json::from_value(node_json).unwrap()));
             }
             "machines" => {
-                let mut m: Machine =
-                    serde_json::from_value(running_machine(i, &name, &instance, &node_json))
-                        .unwrap();
-                m.metadata.managed_fields = None;
-                kept_machines.push(m);
+                let bytes =
+                    serde_json::to_vec(&running_machine(i, &name, &instance, &node_json)).unwrap();
+                let mut m: Machine = serde_json::from_slice(&bytes).unwrap();
+                trim_machine(&mut m);
+                machine_writer.apply_watcher_event(&Event::Apply(m));
             }
             "index" => {
                 let m = running_machine(i, &name, &instance, &node_json);
@@ -93,7 +97,8 @@ fn measure(n: usize, part: &str) {
         &machine_index,
         &node_index,
         &kept_nodes,
-        &kept_machines,
+        &machines,
+        &machine_writer,
     ));
 }
 

@@ -111,7 +111,7 @@ impl Watches {
         let machine_index = self.machine_index.clone();
         let machines = watcher(super::api::<Machine>(client, namespace), wc.clone())
             .default_backoff()
-            .modify(|m: &mut Machine| trim_meta(m.meta_mut()))
+            .modify(trim_machine)
             .reflect_shared(self.machine_writer)
             .inspect_ok(move |ev| {
                 machine_index.observe(ev);
@@ -203,6 +203,24 @@ where
 /// so leaving it out of the cache never drops it from the object).
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
+/// Trims a Machine as it enters the store: [`trim_meta`], and its lists cut
+/// to their length (a list deserialized from the watch's bytes has room for
+/// up to twice its items: for an owner reference alone 300 bytes).
+pub fn trim_machine(machine: &mut Machine) {
+    let meta = machine.meta_mut();
+    trim_meta(meta);
+    if let Some(finalizers) = meta.finalizers.as_mut() {
+        finalizers.shrink_to_fit();
+    }
+    if let Some(owners) = meta.owner_references.as_mut() {
+        owners.shrink_to_fit();
+    }
+    if let Some(status) = machine.status.as_mut() {
+        status.conditions.shrink_to_fit();
+        status.addresses.shrink_to_fit();
+    }
+}
+
 /// Drops what no reconcile reads from an object's metadata.
 fn trim_meta(meta: &mut ObjectMeta) {
     meta.managed_fields = None;
@@ -230,5 +248,28 @@ mod tests {
         assert_eq!(annotations.len(), 1);
         assert_eq!(annotations["keep"], "1");
         assert_eq!(meta.labels.unwrap()["a"], "b");
+    }
+
+    #[test]
+    fn a_cached_machine_keeps_its_lists_without_spare_room() {
+        let bytes = serde_json::to_vec(&json!({
+            "apiVersion": "machine.sapcloud.io/v1alpha1", "kind": "Machine",
+            "metadata": {"name": "m", "finalizers": ["f"],
+                         "ownerReferences": [{"apiVersion": "v1", "kind": "MachineSet", "name": "s", "uid": "u"}]},
+            "spec": {},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}],
+                       "addresses": [{"type": "InternalIP", "address": "10.0.0.1"}]}
+        }))
+        .unwrap();
+        let mut machine: Machine = serde_json::from_slice(&bytes).unwrap();
+        let before = machine.clone();
+        trim_machine(&mut machine);
+        assert_eq!(machine, before);
+        let status = machine.status.as_ref().unwrap();
+        assert_eq!(status.conditions.capacity(), 1);
+        assert_eq!(status.addresses.capacity(), 1);
+        let meta = &machine.metadata;
+        assert_eq!(meta.owner_references.as_ref().unwrap().capacity(), 1);
+        assert_eq!(meta.finalizers.as_ref().unwrap().capacity(), 1);
     }
 }
