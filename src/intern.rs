@@ -7,13 +7,16 @@
 //! messages. Kept as `String`s each copy costs its own allocation; interned,
 //! a repeat costs a pointer. An [`Interner`] belongs to one cache and is
 //! used under that cache's lock; [`IStr`], for API fields deserialized
-//! anywhere (a Machine's conditions), shares one process-wide interner.
+//! anywhere (a Machine's conditions), shares one process-wide interner and
+//! is a thin pointer (8 bytes, not 16: a Machine's seven conditions hold 28
+//! of them), at the price of a second allocation per distinct string.
 //! Strings no object holds any more are swept out once the set has doubled
 //! since the last sweep, which keeps its size within twice what is in use.
 
-use std::borrow::Cow;
+use std::borrow::{Borrow, Cow};
 use std::collections::HashSet;
 use std::fmt;
+use std::hash::Hash;
 use std::ops::Deref;
 use std::sync::{Arc, LazyLock, Mutex};
 
@@ -24,33 +27,76 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub type Sym = Arc<str>;
 
 /// See the module docs.
-#[derive(Default)]
-pub struct Interner {
-    set: HashSet<Sym>,
+pub struct Interner<S = Sym> {
+    set: HashSet<S>,
     /// Size of the set after the last sweep.
     swept_at: usize,
+}
+
+impl<S> Default for Interner<S> {
+    fn default() -> Self {
+        Interner {
+            set: HashSet::new(),
+            swept_at: 0,
+        }
+    }
+}
+
+/// What an [`Interner`] can hold: a shared string that knows how many hold
+/// it.
+pub trait Shareable: Borrow<str> + Hash + Eq + Clone {
+    fn new(s: &str) -> Self;
+    fn holders(&self) -> usize;
+}
+
+impl Shareable for Sym {
+    fn new(s: &str) -> Self {
+        Arc::from(s)
+    }
+    fn holders(&self) -> usize {
+        Arc::strong_count(self)
+    }
+}
+
+/// The thin shared string behind [`IStr`].
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Thin(Arc<Box<str>>);
+
+impl Borrow<str> for Thin {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Shareable for Thin {
+    fn new(s: &str) -> Self {
+        Thin(Arc::new(Box::from(s)))
+    }
+    fn holders(&self) -> usize {
+        Arc::strong_count(&self.0)
+    }
 }
 
 /// Below this many strings the interner never sweeps.
 const MIN_SWEEP: usize = 1024;
 
-impl Interner {
+impl<S: Shareable> Interner<S> {
     /// The shared copy of `s`.
-    pub fn intern(&mut self, s: &str) -> Sym {
+    pub fn intern(&mut self, s: &str) -> S {
         if let Some(found) = self.set.get(s) {
             return found.clone();
         }
         if self.set.len() >= (2 * self.swept_at).max(MIN_SWEEP) {
             self.sweep();
         }
-        let sym: Sym = Arc::from(s);
+        let sym = S::new(s);
         self.set.insert(sym.clone());
         sym
     }
 
     /// Drops the strings only the interner still holds.
     pub fn sweep(&mut self) {
-        self.set.retain(|s| Arc::strong_count(s) > 1);
+        self.set.retain(|s| s.holders() > 1);
         self.set.shrink_to_fit();
         self.swept_at = self.set.len();
     }
@@ -66,12 +112,12 @@ impl Interner {
 }
 
 /// The interner behind every [`IStr`].
-static SHARED: LazyLock<Mutex<Interner>> = LazyLock::new(Mutex::default);
+static SHARED: LazyLock<Mutex<Interner<Thin>>> = LazyLock::new(Mutex::default);
 
 /// An interned string for API fields whose values repeat across objects;
 /// on the wire and in schemas a plain string.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct IStr(Sym);
+pub struct IStr(Thin);
 
 impl IStr {
     pub fn new(s: &str) -> Self {
@@ -79,7 +125,7 @@ impl IStr {
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.0.0
     }
 }
 
@@ -92,7 +138,7 @@ impl Default for IStr {
 impl Deref for IStr {
     type Target = str;
     fn deref(&self) -> &str {
-        &self.0
+        &self.0.0
     }
 }
 
@@ -116,37 +162,37 @@ impl From<&String> for IStr {
 
 impl PartialEq<str> for IStr {
     fn eq(&self, other: &str) -> bool {
-        &*self.0 == other
+        self.as_str() == other
     }
 }
 
 impl PartialEq<&str> for IStr {
     fn eq(&self, other: &&str) -> bool {
-        &*self.0 == *other
+        self.as_str() == *other
     }
 }
 
 impl PartialEq<String> for IStr {
     fn eq(&self, other: &String) -> bool {
-        *self.0 == **other
+        self.as_str() == other.as_str()
     }
 }
 
 impl fmt::Debug for IStr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
 impl fmt::Display for IStr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl Serialize for IStr {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -175,7 +221,7 @@ mod tests {
 
     #[test]
     fn equal_strings_share_one_copy() {
-        let mut i = Interner::default();
+        let mut i = Interner::<Sym>::default();
         let a = i.intern("kubelet is posting ready status");
         let b = i.intern(&String::from("kubelet is posting ready status"));
         assert!(Arc::ptr_eq(&a, &b));
@@ -186,7 +232,7 @@ mod tests {
 
     #[test]
     fn a_sweep_keeps_what_is_held_and_drops_the_rest() {
-        let mut i = Interner::default();
+        let mut i = Interner::<Sym>::default();
         let kept = i.intern("kept");
         drop(i.intern("dropped"));
         i.sweep();
@@ -198,7 +244,8 @@ mod tests {
     fn an_istr_is_a_plain_string_on_the_wire_and_shared_in_memory() {
         let a: IStr = serde_json::from_str("\"KubeletReady\"").unwrap();
         let b = IStr::from("KubeletReady");
-        assert!(Arc::ptr_eq(&a.0, &b.0));
+        assert!(Arc::ptr_eq(&a.0.0, &b.0.0));
+        assert_eq!(std::mem::size_of::<Option<IStr>>(), 8);
         assert_eq!(a, "KubeletReady");
         assert_eq!(serde_json::to_string(&a).unwrap(), "\"KubeletReady\"");
         assert_eq!(format!("{a} {a:?}"), "KubeletReady \"KubeletReady\"");
@@ -206,7 +253,7 @@ mod tests {
 
     #[test]
     fn unused_strings_do_not_accumulate() {
-        let mut i = Interner::default();
+        let mut i = Interner::<Sym>::default();
         let held: Vec<Sym> = (0..10).map(|n| i.intern(&format!("held-{n}"))).collect();
         for n in 0..100_000 {
             drop(i.intern(&format!("transient-{n}")));
