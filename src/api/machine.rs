@@ -103,7 +103,7 @@ pub struct MachineStatus {
     /// without a target cluster; this operator always does, so that an
     /// instance whose Node never joined can still be reached.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub addresses: Vec<NodeAddress>,
+    pub addresses: Vec<MachineAddress>,
 
     /// Conditions of this machine, in the shape of Node conditions as in MCM:
     /// the conditions copied from the machine's Node (`Ready`,
@@ -131,6 +131,29 @@ pub struct MachineStatus {
     /// Not part of MCM's API; added by this operator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// NodeAddress contains information for the node's address.
+// A Node's address (docs as the Node's, so the schema is the same) with its
+// type interned: a fleet's machines hold five addresses each and five types
+// between them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct MachineAddress {
+    /// The node address.
+    pub address: String,
+
+    /// Node address type, one of Hostname, ExternalIP or InternalIP.
+    #[serde(rename = "type")]
+    pub type_: IStr,
+}
+
+impl From<NodeAddress> for MachineAddress {
+    fn from(a: NodeAddress) -> Self {
+        MachineAddress {
+            address: a.address,
+            type_: IStr::new(&a.type_),
+        }
+    }
 }
 
 /// A condition of a Machine, in the shape of a Node condition (as in MCM).
@@ -328,6 +351,17 @@ status:
             original["spec"]["nodeTemplate"]
         );
         assert_eq!(written["spec"]["class"], original["spec"]["class"]);
+    }
+
+    #[test]
+    fn addresses_are_node_addresses_on_the_wire_with_shared_types() {
+        let wire = json!([{"address": "10.0.0.1", "type": "InternalIP"}]);
+        let ours: Vec<MachineAddress> = serde_json::from_value(wire.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&ours).unwrap(), wire);
+        let node: Vec<NodeAddress> = serde_json::from_value(wire).unwrap();
+        let converted: Vec<MachineAddress> = node.into_iter().map(Into::into).collect();
+        assert_eq!(converted, ours);
+        assert_eq!(converted[0].type_, "InternalIP");
     }
 
     #[test]

@@ -30,7 +30,18 @@ async fn machine_status_lists_the_instance_addresses_as_the_node_does() {
         address("InternalDNS", &dns),
         address("Hostname", &dns),
     ];
-    assert_eq!(m.status.as_ref().unwrap().addresses, wanted);
+    let cached: Vec<NodeAddress> = m
+        .status
+        .as_ref()
+        .unwrap()
+        .addresses
+        .iter()
+        .map(|a| NodeAddress {
+            type_: a.type_.to_string(),
+            address: a.address.clone(),
+        })
+        .collect();
+    assert_eq!(cached, wanted);
 
     // On the wire as MCM names it.
     let raw: serde_json::Value = serde_json::from_str(

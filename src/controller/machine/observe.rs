@@ -286,7 +286,7 @@ pub(super) async fn observe(
         .map(InstanceInfo::node_addresses)
         .filter(|a| !a.is_empty())
     {
-        status.addresses = addresses;
+        status.addresses = addresses.into_iter().map(Into::into).collect();
     }
     write_status(m, ctx, &old, status).await?;
     if let Some(permit) = failure_permit {
