@@ -127,6 +127,10 @@ impl IStr {
     pub fn as_str(&self) -> &str {
         &self.0.0
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.0.is_empty()
+    }
 }
 
 impl Default for IStr {

@@ -20,6 +20,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::api::machine::MachineSpec;
+use crate::intern::IStr;
 
 /// Pattern every duration field is checked against by the API server: a Go
 /// `time.ParseDuration` string without sign, e.g. `20m`, `1h30m`, `90s`, `0`.
@@ -330,8 +331,9 @@ impl fmt::Display for MachineOperationType {
 pub struct LastOperation {
     /// Human-readable description of the operation and its outcome; for a
     /// failure this carries the cloud provider's error message.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub description: String,
+    // Interned: a fleet's Running machines all say the same sentence.
+    #[serde(default, skip_serializing_if = "IStr::is_empty")]
+    pub description: IStr,
 
     /// Machine-readable error code when the operation failed (gRPC-style
     /// codes as used by MCM, e.g. `ResourceExhausted`, `InvalidArgument`).

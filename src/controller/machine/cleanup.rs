@@ -29,6 +29,7 @@ use crate::controller::context::Context;
 use crate::controller::error::{Error, Result};
 use crate::controller::events::publish;
 use crate::controller::node::bootstrap_token;
+use crate::intern::IStr;
 
 pub(super) async fn cleanup(m: &Machine, ctx: &Context) -> Result<Action> {
     let name = m.name_any();
@@ -507,7 +508,7 @@ pub(super) async fn mark_terminating(m: &Machine, ctx: &Context, step: &str) -> 
         status.current_status = entered(&old.current_status, MachinePhase::Terminating, false);
     }
     status.last_operation = LastOperation {
-        description: step.to_string(),
+        description: IStr::new(step),
         error_code: None,
         last_update_time: Some(Time(Timestamp::now())),
         state: Some(MachineState::Processing),

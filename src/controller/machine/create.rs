@@ -75,7 +75,7 @@ pub(super) async fn creation_timed_out(m: &Machine, ctx: &Context) -> Result<Opt
     );
     status.current_status = entered(&old.current_status, MachinePhase::Failed, false);
     status.last_operation = LastOperation {
-        description: description.clone(),
+        description: description.as_str().into(),
         error_code: old.last_operation.error_code.clone(),
         last_update_time: Some(Time(Timestamp::now())),
         state: Some(MachineState::Failed),

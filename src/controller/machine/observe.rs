@@ -30,6 +30,7 @@ use crate::controller::fleet::drift::CONDITION_DRIFTED;
 use crate::controller::fleet::replacement;
 use crate::controller::index;
 use crate::controller::status;
+use crate::intern::IStr;
 
 /// The target-cluster Node of an instance: matched on the instance ID in its
 /// providerID (the kubelet writes the zone there, we write the region) or on
@@ -247,7 +248,7 @@ pub(super) async fn observe(
     if let (false, Some((description, code))) = (changed_phase, &failed_update) {
         if old.last_operation.description != *description {
             status.last_operation = LastOperation {
-                description: description.clone(),
+                description: description.as_str().into(),
                 error_code: Some(code.to_string()),
                 last_update_time: Some(Time(Timestamp::now())),
                 state: Some(MachineState::Failed),
@@ -262,7 +263,7 @@ pub(super) async fn observe(
             _ => (MachineState::Processing, MachineOperationType::Create),
         };
         status.last_operation = LastOperation {
-            description: decision.description.clone(),
+            description: decision.description.as_str().into(),
             error_code: None,
             last_update_time: Some(Time(decision.since)),
             state: Some(state),
@@ -458,7 +459,7 @@ pub(super) async fn report_failure(
         && old.last_operation.state == Some(MachineState::Failed);
     if !same {
         status.last_operation = LastOperation {
-            description: description.to_string(),
+            description: IStr::new(description),
             error_code: Some(code.to_string()),
             last_update_time: Some(Time(Timestamp::now())),
             state: Some(MachineState::Failed),
