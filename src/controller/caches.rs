@@ -5,7 +5,8 @@
 //! Machines, MachineClasses and Nodes are each watched once; the machine,
 //! class, set and deployment controllers subscribe to the same stream
 //! instead of opening a watch each (four Machine watches before). Objects
-//! enter their store without managedFields; Nodes go to the compact cache
+//! enter their store without managedFields (Machines also with their lists
+//! cut to length, see [`trim_machine`]); Nodes go to the compact cache
 //! of [`super::nodes`], which keeps only what reconciles read. Secrets are
 //! watched by metadata only (see [`super::reads`]).
 
