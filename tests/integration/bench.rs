@@ -11,6 +11,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use mcm_provider_aws::api::machine::Machine;
 use mcm_provider_aws::api::shared::MachinePhase;
+use mcm_provider_aws::aws::rate_limit::{BucketSpec, RequestBucket, ResourceBucket};
 
 use crate::batch::shared_user_data_scenario;
 use crate::support::fleet::{apply_deployment, deployments, merge_patch};
@@ -279,26 +280,27 @@ const DEADLINE: Duration = Duration::from_secs(1800);
 /// How often it looks at the watched machines.
 const POLL: Duration = Duration::from_millis(250);
 
-/// What EC2's buckets (AWS's defaults, `rate_limit.rs`) allow at the
+/// What EC2's buckets (AWS's defaults, from `rate_limit.rs`) allow at the
 /// operator's share, in seconds until the last of `n` machines.
 struct Bounds {
-    /// One RunInstances per machine: the request bucket (5 burst, 2/s).
+    /// One RunInstances per machine: its request bucket.
     one_call_per_machine: f64,
-    /// The RunInstances instance bucket (1000 burst, 2/s).
+    /// The RunInstances instance (resource) bucket.
     instance_bucket: f64,
-    /// One CreateTags per instance (100 burst, 10/s).
+    /// One CreateTags per instance: its request bucket.
     create_tags: f64,
 }
 
 impl Bounds {
     fn at(n: usize, share: f64) -> Bounds {
-        let after_burst = |burst: f64, per_sec: f64| {
-            (n as f64 - (burst * share).floor()).max(0.0) / (per_sec * share)
+        let after_burst = |aws: BucketSpec| {
+            (n as f64 - (f64::from(aws.capacity) * share).floor()).max(0.0)
+                / (aws.refill_per_sec * share)
         };
         Bounds {
-            one_call_per_machine: after_burst(5.0, 2.0),
-            instance_bucket: after_burst(1000.0, 2.0),
-            create_tags: after_burst(100.0, 10.0),
+            one_call_per_machine: after_burst(RequestBucket::RunInstances.aws_limit()),
+            instance_bucket: after_burst(ResourceBucket::RunInstances.aws_limit()),
+            create_tags: after_burst(RequestBucket::CreateTags.aws_limit()),
         }
     }
 }

@@ -41,12 +41,11 @@
 //! one list per pass.
 
 use std::collections::{BTreeMap, BTreeSet};
-
-use futures::{StreamExt, stream};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use aws_sdk_ec2::types::Instance;
+use futures::{StreamExt, stream};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
