@@ -133,6 +133,24 @@ impl IStr {
     }
 }
 
+impl Borrow<str> for IStr {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+/// An [`IStr`] can also live in an [`Interner`] of its own, for a cache
+/// that sweeps its strings itself (the Node cache): half the size of a
+/// [`Sym`] in every field that holds one.
+impl Shareable for IStr {
+    fn new(s: &str) -> Self {
+        IStr(Thin::new(s))
+    }
+    fn holders(&self) -> usize {
+        self.0.holders()
+    }
+}
+
 impl Default for IStr {
     fn default() -> Self {
         IStr::new("")

@@ -95,9 +95,15 @@ impl<T> From<T> for Shared<T> {
     }
 }
 
-impl<T: Default> Default for Shared<T> {
+/// Shared as well: most Machines leave a field out (a set without a node
+/// template), and serde fills each of those with a default, which would
+/// otherwise be a copy per Machine (~600 bytes for a node template).
+impl<T> Default for Shared<T>
+where
+    T: Default + Serialize + PartialEq + Send + Sync + 'static,
+{
     fn default() -> Self {
-        Shared(Arc::new(T::default()))
+        Self::dedup(T::default())
     }
 }
 
@@ -183,6 +189,15 @@ mod tests {
         drop(first);
         assert!(weak.upgrade().is_none());
         assert_eq!(template("dropped").labels["pool"], "dropped");
+    }
+
+    #[test]
+    fn defaults_share_one_copy_until_written() {
+        let (a, mut b) = (Shared::<Template>::default(), Shared::<Template>::default());
+        assert!(Shared::ptr_eq(&a, &b));
+        b.labels.insert("pool".into(), "b".into());
+        assert!(a.labels.is_empty());
+        assert!(!Shared::ptr_eq(&a, &b));
     }
 
     #[test]

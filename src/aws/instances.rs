@@ -15,7 +15,7 @@
 //! `shutting-down` although a refresh (or a direct lookup) still says
 //! `running`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -202,6 +202,19 @@ pub async fn describe(
     ids: Vec<String>,
 ) -> Result<Vec<InstanceInfo>, Ec2Error> {
     let mut out = Vec::new();
+    describe_each(handle, filters, ids, |i| out.push(i)).await?;
+    Ok(out)
+}
+
+/// [`describe`], handing each instance to `each` as its page arrives: a
+/// page (parsed by the SDK, ~14 KB per instance) is gone before the next
+/// is asked for, and the caller need not hold every instance twice.
+async fn describe_each(
+    handle: &Ec2Handle,
+    filters: Vec<Filter>,
+    ids: Vec<String>,
+    mut each: impl FnMut(InstanceInfo),
+) -> Result<(), Ec2Error> {
     let mut token: Option<String> = None;
     loop {
         let req = handle
@@ -219,11 +232,14 @@ pub async fn describe(
                 .await?
         };
         for r in page.reservations() {
-            out.extend(r.instances().iter().map(InstanceInfo::from));
+            r.instances()
+                .iter()
+                .map(InstanceInfo::from)
+                .for_each(&mut each);
         }
         match page.next_token() {
             Some(t) if !t.is_empty() => token = Some(t.to_string()),
-            _ => return Ok(out),
+            _ => return Ok(()),
         }
     }
 }
@@ -281,9 +297,18 @@ async fn refresh_if_older(
         .values(MACHINE_UID_TAG)
         .values(LAUNCH_TAG)
         .build();
-    match describe(handle, vec![filter], vec![]).await {
-        Ok(all) => {
-            snap.replace(all);
+    // Merged page by page: the snapshot is never held twice (10,000
+    // instances are ~8 MB). A refresh that fails half-way leaves the pages
+    // it read merged, no older than before, and the snapshot still due.
+    let mut seen = HashSet::new();
+    let read = describe_each(handle, vec![filter], vec![], |info| {
+        seen.insert(info.id.clone());
+        snap.merge(info);
+    })
+    .await;
+    match read {
+        Ok(()) => {
+            snap.finish_refresh(&seen);
             Ok(())
         }
         // While EC2 throttles or fails, a somewhat older snapshot is
@@ -316,27 +341,39 @@ struct Snapshot {
 }
 
 impl Snapshot {
-    /// Takes `all` (a fresh DescribeInstances) as the snapshot, keeping
-    /// what operations recorded lately where EC2 does not show it yet.
-    fn replace(&mut self, all: Vec<InstanceInfo>) {
-        let mut previous = std::mem::take(&mut self.by_id);
-        self.by_id = all.into_iter().map(|i| (i.id.clone(), i)).collect();
+    /// Takes one instance of a refresh in, as far as this view knows
+    /// better (see [`Self::seen_through`]).
+    fn merge(&mut self, info: InstanceInfo) {
+        let info = self.seen_through(info);
+        match self.by_id.get_mut(&info.id) {
+            Some(kept) => *kept = info,
+            None => {
+                self.by_id.insert(info.id.clone(), info);
+            }
+        }
+    }
+
+    /// Ends a refresh that read (and [`Self::merge`]d) the instances
+    /// `seen`: the others are gone from the snapshot, except what
+    /// operations recorded lately (EC2 may not show those yet).
+    fn finish_refresh(&mut self, seen: &HashSet<String>) {
         self.recorded.retain(|_, at| at.elapsed() < RECORDED_KEPT);
         self.terminating
             .retain(|_, at| at.elapsed() < RECORDED_KEPT);
-        for id in self.recorded.keys() {
-            if !self.by_id.contains_key(id)
-                && let Some(info) = previous.remove(id)
-            {
-                self.by_id.insert(id.clone(), info);
-            }
-        }
-        for id in self.terminating.keys() {
-            if let Some(info) = self.by_id.get_mut(id) {
-                shutting_down(info);
-            }
-        }
+        let recorded = &self.recorded;
+        self.by_id
+            .retain(|id, _| seen.contains(id) || recorded.contains_key(id));
         self.fetched = Some(Instant::now());
+    }
+
+    /// A whole refresh at once: `all` merged, then finished.
+    #[cfg(test)]
+    fn replace(&mut self, all: Vec<InstanceInfo>) {
+        let seen = all.iter().map(|i| i.id.clone()).collect();
+        for info in all {
+            self.merge(info);
+        }
+        self.finish_refresh(&seen);
     }
 
     /// See [`InstanceView::record`].
@@ -585,6 +622,25 @@ mod tests {
             Some(InstanceState::Running),
             "EC2 knows it now, alive: it is terminated again"
         );
+    }
+
+    #[test]
+    fn a_refresh_drops_what_it_did_not_see_only_once_it_finished() {
+        let mut snap = Snapshot::default();
+        snap.replace(vec![running("i-1"), running("i-2")]);
+        // A refresh that read one page and then failed: merged, not finished.
+        let mut gone = running("i-1");
+        gone.state = InstanceState::Terminated;
+        snap.merge(gone);
+        assert_eq!(state_of(&snap, "i-1"), Some(InstanceState::Terminated));
+        assert_eq!(state_of(&snap, "i-2"), Some(InstanceState::Running));
+        // A whole refresh that shows only i-1: i-2 is gone (nothing recorded it).
+        let seen = HashSet::from(["i-1".to_string()]);
+        snap.merge(running("i-1"));
+        snap.finish_refresh(&seen);
+        assert_eq!(state_of(&snap, "i-2"), None);
+        assert_eq!(snap.by_id.len(), 1);
+        assert!(snap.fetched.is_some());
     }
 
     #[test]

@@ -24,7 +24,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::runtime::watcher::Event;
 use tokio::sync::watch;
 
-use crate::intern::{Interner, Sym};
+use crate::intern::{IStr, Interner};
+
+/// The cache's strings: thin (8 bytes a field), interned in its own
+/// [`Interner`], swept at relists.
+pub type Sym = IStr;
 
 /// See the module docs.
 pub struct Nodes {
@@ -37,7 +41,7 @@ struct State {
     live: HashMap<Sym, Compact>,
     /// The generation a relist is filling; swapped in at its end.
     relist: Option<HashMap<Sym, Compact>>,
-    strings: Interner,
+    strings: Interner<Sym>,
 }
 
 /// What a watch event means for subscribers: Nodes to hand them as they
@@ -216,7 +220,7 @@ fn trimmed(node: Node) -> Node {
 }
 
 impl Compact {
-    fn of(strings: &mut Interner, node: &Node) -> Self {
+    fn of(strings: &mut Interner<Sym>, node: &Node) -> Self {
         let meta = &node.metadata;
         let spec = node.spec.as_ref();
         let status = node.status.as_ref();
