@@ -82,6 +82,14 @@ where
     }
 }
 
+impl<T: Default + PartialEq> Shared<T> {
+    /// Whether the value equals `T`'s default, without building a shared
+    /// default (for `skip_serializing_if`: no table lookup per write).
+    pub fn is_default(&self) -> bool {
+        *self.0 == T::default()
+    }
+}
+
 impl<T> Shared<T> {
     /// Whether `a` and `b` are the same copy (not merely equal).
     pub fn ptr_eq(a: &Self, b: &Self) -> bool {

@@ -68,7 +68,7 @@ pub const NODE_LABEL: &str = "node";
 pub struct MachineSpec {
     /// The MachineClass this machine is created from (`kind: MachineClass`,
     /// `name: <class name>`, same namespace).
-    #[serde(default, skip_serializing_if = "is_default")]
+    #[serde(default, skip_serializing_if = "Shared::is_default")]
     pub class: Shared<ClassSpec>,
 
     /// Cloud provider ID of the instance backing this machine, set by the
@@ -83,7 +83,7 @@ pub struct MachineSpec {
     pub provider_id: Option<String>,
 
     /// Labels, annotations and taints to put on the Node once it joins.
-    #[serde(default, skip_serializing_if = "is_default")]
+    #[serde(default, skip_serializing_if = "Shared::is_default")]
     pub node_template: Shared<NodeTemplateSpec>,
 
     /// Per-machine timeouts and health settings, inlined into the spec as in

@@ -207,7 +207,7 @@ pub async fn describe(
 }
 
 /// [`describe`], handing each instance to `each` as its page arrives: a
-/// page (parsed by the SDK, ~14 KB per instance) is gone before the next
+/// page (parsed by the SDK, ~10 KB per instance) is gone before the next
 /// is asked for, and the caller need not hold every instance twice.
 async fn describe_each(
     handle: &Ec2Handle,
