@@ -2,8 +2,9 @@
 //! N Nodes shaped like a real kubelet's and N Machines as the operator
 //! leaves them once Running, each fed through the cache that holds it, and
 //! the growth of the resident set reported per object. Machines arrive as
-//! the watch hands them over: deserialized from bytes, trimmed like
-//! [`trim_machine`] does, into a reflector store (its keys included).
+//! the watch hands them over: deserialized from bytes, converted to the
+//! [`CachedMachine`] the store holds (trimmed and compacted), into a
+//! reflector store (its keys included).
 //!
 //! `make bench` runs it (release build); `cargo run --release --example
 //! cache_footprint -- 10000` alone takes seconds, which makes it the quick
@@ -18,6 +19,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::runtime::reflector;
 use kube::runtime::watcher::Event;
 use mcm_provider_aws::api::machine::Machine;
+use mcm_provider_aws::controller::cached_machine::CachedMachine;
 use mcm_provider_aws::controller::caches::trim_machine;
 use mcm_provider_aws::controller::index::{Index, machine_keys, node_keys};
 use mcm_provider_aws::controller::nodes::{Nodes, trim_node};
@@ -27,7 +29,13 @@ use serde_json::{Value, json};
 #[path = "../tests/integration/support/real_node.rs"]
 mod fixture;
 
-const PARTS: &[&str] = &["nodes-as-objects", "nodes-cache", "machines", "index"];
+const PARTS: &[&str] = &[
+    "nodes-as-objects",
+    "nodes-cache",
+    "machines-as-objects",
+    "machines",
+    "index",
+];
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -53,7 +61,8 @@ fn measure(n: usize, part: &str) {
     let machine_index = Index::new(machine_keys);
     let node_index = Index::new(node_keys);
     let mut kept_nodes: Vec<Node> = Vec::new();
-    let (machines, mut machine_writer) = reflector::store::<Machine>();
+    let mut kept_machines: Vec<Machine> = Vec::new();
+    let (machines, mut machine_writer) = reflector::store::<CachedMachine>();
     for i in 0..n {
         let name = format!(
             "ip-10-250-{}-{}.eu-west-1.compute.internal",
@@ -71,16 +80,23 @@ fn measure(n: usize, part: &str) {
             "nodes-cache" => {
                 nodes.apply(Event::Apply(serde_json::from_value(node_json).unwrap()));
             }
-            "machines" => {
+            "machines-as-objects" => {
                 let bytes =
                     serde_json::to_vec(&running_machine(i, &name, &instance, &node_json)).unwrap();
                 let mut m: Machine = serde_json::from_slice(&bytes).unwrap();
                 trim_machine(&mut m);
-                machine_writer.apply_watcher_event(&Event::Apply(m));
+                kept_machines.push(m);
+            }
+            "machines" => {
+                let bytes =
+                    serde_json::to_vec(&running_machine(i, &name, &instance, &node_json)).unwrap();
+                let m: Machine = serde_json::from_slice(&bytes).unwrap();
+                machine_writer.apply_watcher_event(&Event::Apply(m.into()));
             }
             "index" => {
                 let m = running_machine(i, &name, &instance, &node_json);
-                machine_index.observe(&Event::Apply(serde_json::from_value(m).unwrap()));
+                let m: Machine = serde_json::from_value(m).unwrap();
+                machine_index.observe(&Event::Apply(m.into()));
                 node_index.observe(&Event::Apply(serde_json::from_value(node_json).unwrap()));
             }
             other => panic!("unknown part {other}; one of {PARTS:?}"),
@@ -97,6 +113,7 @@ fn measure(n: usize, part: &str) {
         &machine_index,
         &node_index,
         &kept_nodes,
+        &kept_machines,
         &machines,
         &machine_writer,
     ));

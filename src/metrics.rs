@@ -35,9 +35,9 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::api::machine::Machine;
 use crate::api::shared::MachinePhase;
 use crate::aws::clients::{Ec2CallStats, service_of};
+use crate::controller::cached_machine::CachedMachine;
 use crate::kube_metrics::KubeRequests;
 
 /// `Content-Type` of the OpenMetrics text format.
@@ -94,7 +94,7 @@ pub struct Metrics {
 #[derive(Debug, Default)]
 struct Sources {
     ec2: Mutex<Option<Arc<Ec2CallStats>>>,
-    machines: Mutex<Option<Store<Machine>>>,
+    machines: Mutex<Option<Store<CachedMachine>>>,
 }
 
 impl Default for Metrics {
@@ -161,7 +161,7 @@ impl Metrics {
     }
 
     /// Counts machines by phase from `store` at every scrape.
-    pub fn observe_machines(&self, store: Store<Machine>) {
+    pub fn observe_machines(&self, store: Store<CachedMachine>) {
         *self
             .sources
             .machines
@@ -327,7 +327,7 @@ fn encode_ec2(stats: &Ec2CallStats, encoder: &mut DescriptorEncoder) -> std::fmt
 
 /// Machines per namespace and phase; a machine without status yet counts
 /// as `Pending`.
-fn count_machines(store: &Store<Machine>) -> BTreeMap<String, BTreeMap<&'static str, i64>> {
+fn count_machines(store: &Store<CachedMachine>) -> BTreeMap<String, BTreeMap<&'static str, i64>> {
     let mut counts: BTreeMap<String, BTreeMap<&'static str, i64>> = BTreeMap::new();
     for m in store.state() {
         let phase = m.phase().unwrap_or(MachinePhase::Pending);
@@ -340,7 +340,10 @@ fn count_machines(store: &Store<Machine>) -> BTreeMap<String, BTreeMap<&'static 
     counts
 }
 
-fn encode_machines(store: &Store<Machine>, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+fn encode_machines(
+    store: &Store<CachedMachine>,
+    encoder: &mut DescriptorEncoder,
+) -> std::fmt::Result {
     let counts = count_machines(store);
     let all: i64 = counts.values().flat_map(|c| c.values()).sum();
     let gauge = ConstGauge::new(all);
@@ -387,7 +390,7 @@ mod tests {
         }
     }
 
-    fn machine(ns: &str, name: &str, phase: Option<&str>) -> Machine {
+    fn machine(ns: &str, name: &str, phase: Option<&str>) -> CachedMachine {
         let mut json = serde_json::json!({
             "apiVersion": "machine.sapcloud.io/v1alpha1", "kind": "Machine",
             "metadata": {"name": name, "namespace": ns},
@@ -465,8 +468,8 @@ mod tests {
 
     #[test]
     fn machines_are_counted_by_namespace_and_phase() {
-        let (store, mut writer) = kube::runtime::reflector::store::<Machine>();
-        let writer: &mut Writer<Machine> = &mut writer;
+        let (store, mut writer) = kube::runtime::reflector::store::<CachedMachine>();
+        let writer: &mut Writer<CachedMachine> = &mut writer;
         writer.apply_watcher_event(&Event::Init);
         for m in [
             machine("a", "m1", Some("Running")),

@@ -5,8 +5,9 @@
 //! Machines, MachineClasses and Nodes are each watched once; the machine,
 //! class, set and deployment controllers subscribe to the same stream
 //! instead of opening a watch each (four Machine watches before). Objects
-//! enter their store without managedFields (Machines also with their lists
-//! cut to length, see [`trim_machine`]); Nodes go to the compact cache
+//! enter their store without managedFields; Machines are held as
+//! [`CachedMachine`]s (their lists cut to length, see [`trim_machine`],
+//! labels and annotations as compact pairs); Nodes go to the compact cache
 //! of [`super::nodes`], which keeps only what reconciles read. Secrets are
 //! watched by metadata only (see [`super::reads`]).
 
@@ -22,6 +23,7 @@ use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 
+use super::cached_machine::{CachedMachine, cached_event};
 use super::index::{Index, machine_keys, node_keys};
 use super::nodes::{Announce, Nodes};
 use super::reads::{Reads, SecretMeta, trim_secret_meta};
@@ -38,16 +40,16 @@ const NODE_SUBSCRIBER_BUFFER: usize = 64;
 
 /// Stores, indexes and writers of the shared watches; see the module docs.
 pub struct Watches {
-    pub machines: Store<Machine>,
-    pub machine_index: Arc<Index<Machine>>,
+    pub machines: Store<CachedMachine>,
+    pub machine_index: Arc<Index<CachedMachine>>,
     pub nodes: Arc<Nodes>,
     pub node_index: Arc<Index<Node>>,
     pub classes: Store<MachineClass>,
     pub secret_meta: Store<SecretMeta>,
-    machine_writer: Writer<Machine>,
+    machine_writer: Writer<CachedMachine>,
     class_writer: Writer<MachineClass>,
     secret_writer: Writer<SecretMeta>,
-    machine_gone: Vec<UnboundedSender<Arc<Machine>>>,
+    machine_gone: Vec<UnboundedSender<Arc<CachedMachine>>>,
     node_subscribers: Vec<Sender<Arc<Node>>>,
 }
 
@@ -80,7 +82,7 @@ impl Watches {
     /// A new subscription to Machines touched: each applied Machine as the
     /// store holds it, and each deleted one (a shared subscription alone
     /// sees only changes: a deleted object is gone from the store it reads).
-    pub fn machines_touched(&mut self) -> impl Stream<Item = Arc<Machine>> + Send + use<> {
+    pub fn machines_touched(&mut self) -> impl Stream<Item = Arc<CachedMachine>> + Send + use<> {
         let (tx, rx) = mpsc::unbounded();
         self.machine_gone.push(tx);
         futures::stream::select(subscribe(&self.machine_writer), rx)
@@ -112,12 +114,10 @@ impl Watches {
         let machine_index = self.machine_index.clone();
         let machines = watcher(super::api::<Machine>(client, namespace), wc.clone())
             .default_backoff()
-            .modify(trim_machine)
+            .map_ok(cached_event)
+            .inspect_ok(move |ev| machine_index.observe(ev))
             .reflect_shared(self.machine_writer)
-            .inspect_ok(move |ev| {
-                machine_index.observe(ev);
-                announce_deletion(ev, &self.machine_gone);
-            });
+            .inspect_ok(move |ev| announce_deletion(ev, &self.machine_gone));
         // The Node cache trims each Node as it takes it in.
         let (node_index, node_cache) = (self.node_index.clone(), self.nodes.clone());
         let mut node_subscribers = self.node_subscribers;

@@ -24,12 +24,12 @@ use super::machine::released::Released;
 use super::nodes::Nodes;
 use super::reads::Reads;
 use super::recorder::Recorder;
-use crate::api::machine::Machine;
 use crate::api::machine_set::MachineSet;
 use crate::aws::batch::terminate::Terminations;
 use crate::aws::clients::Ec2Clients;
 use crate::aws::images::ImageCache;
 use crate::aws::instances::InstanceView;
+use crate::controller::cached_machine::CachedMachine;
 
 /// Name under which the operator reports Events and applies fields.
 pub const MANAGER: &str = "mcm-provider-aws";
@@ -59,9 +59,9 @@ pub struct Context {
     /// Nodes by the instance ID of their providerID.
     pub node_index: Arc<Index<Node>>,
     /// Machines, kept by the shared Machine watch.
-    pub machines: Store<Machine>,
+    pub machines: Store<CachedMachine>,
     /// Machines by Node name and instance ID.
-    pub machine_index: Arc<Index<Machine>>,
+    pub machine_index: Arc<Index<CachedMachine>>,
     /// MachineClasses and Secrets from watch-backed caches.
     pub reads: Arc<Reads>,
     /// MachineSets, kept by the MachineSet controller's reflector; set once

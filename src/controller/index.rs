@@ -15,12 +15,13 @@ use std::marker::PhantomData;
 use std::sync::Mutex;
 
 use k8s_openapi::api::core::v1::Node;
-use kube::ResourceExt;
+use kube::Resource;
 use kube::runtime::reflector::{Lookup, ObjectRef};
 use kube::runtime::watcher::Event;
 
-use crate::api::machine::{Machine, NODE_LABEL};
+use crate::api::machine::NODE_LABEL;
 use crate::aws::instances::instance_id_from_provider_id;
+use crate::controller::cached_machine::CachedMachine;
 use crate::intern::{Interner, Sym};
 
 /// The keys an object is found under.
@@ -200,9 +201,9 @@ pub fn class_key(ns: &str, name: &str) -> String {
 
 /// A Machine is found under its class, its Node (the node label) and its
 /// instance (the ID in its providerID).
-pub fn machine_keys(m: &Machine) -> Vec<String> {
+pub fn machine_keys(m: &CachedMachine) -> Vec<String> {
     let mut keys = vec![class_key(
-        m.metadata.namespace.as_deref().unwrap_or_default(),
+        m.meta().namespace.as_deref().unwrap_or_default(),
         &m.spec.class.name,
     )];
     if let Some(node) = m.labels().get(NODE_LABEL) {
@@ -233,9 +234,11 @@ pub fn node_keys(n: &Node) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::machine::Machine;
+    use kube::ResourceExt;
     use serde_json::json;
 
-    fn machine(name: &str, node: Option<&str>, provider_id: Option<&str>) -> Machine {
+    fn machine(name: &str, node: Option<&str>, provider_id: Option<&str>) -> CachedMachine {
         let mut m: Machine = serde_json::from_value(json!({
             "apiVersion": "machine.sapcloud.io/v1alpha1",
             "kind": "Machine",
@@ -247,10 +250,10 @@ mod tests {
             m.labels_mut().insert(NODE_LABEL.into(), node.into());
         }
         m.spec.provider_id = provider_id.map(str::to_string);
-        m
+        m.into()
     }
 
-    fn names(refs: Vec<ObjectRef<Machine>>) -> Vec<String> {
+    fn names(refs: Vec<ObjectRef<CachedMachine>>) -> Vec<String> {
         let mut v: Vec<_> = refs.into_iter().map(|r| r.name).collect();
         v.sort();
         v

@@ -1,6 +1,7 @@
 //! The reconcilers and their wiring: the Machine lifecycle, MachineClass and
 //! Secret protection, and orphan collection, sharing one [`Context`].
 
+pub mod cached_machine;
 pub mod caches;
 pub mod class;
 pub mod config;
@@ -33,11 +34,11 @@ use tracing::info;
 pub use config::ControllerConfig;
 pub use context::Context;
 
+use cached_machine::CachedMachine;
 use caches::Watches;
 use index::Index;
 use reads::Reads;
 
-use crate::api::machine::Machine;
 use crate::api::machine_class::MachineClass;
 use crate::aws::clients::Ec2Clients;
 use crate::health::Health;
@@ -57,7 +58,7 @@ where
 /// Machines that a Node event concerns (by `node` label or instance ID).
 /// The Machines a Node event concerns: those naming it in their node label
 /// or naming its instance in their providerID (an index lookup).
-fn machines_of_node(index: &Index<Machine>, node: &Node) -> Vec<ObjectRef<Machine>> {
+fn machines_of_node(index: &Index<CachedMachine>, node: &Node) -> Vec<ObjectRef<CachedMachine>> {
     let mut found = index.get(&index::node_key(&node.name_any()));
     for key in index::node_keys(node) {
         for m in index.get(&key) {
@@ -72,10 +73,10 @@ fn machines_of_node(index: &Index<Machine>, node: &Node) -> Vec<ObjectRef<Machin
 /// The Machines of namespace `ns` using class `name` (class events are
 /// rare; a scan of the store is fine).
 fn machines_of_class(
-    store: &Store<Machine>,
+    store: &Store<CachedMachine>,
     ns: Option<String>,
     name: &str,
-) -> Vec<ObjectRef<Machine>> {
+) -> Vec<ObjectRef<CachedMachine>> {
     store
         .state()
         .iter()

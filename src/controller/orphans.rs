@@ -22,12 +22,13 @@ use tracing::{debug, info, warn};
 
 use super::context::{Context, store_ready};
 use super::error::Result;
-use super::machine::launch_record::LaunchRecord;
+use super::machine::launch_record::{LAUNCH_ANNOTATION, LaunchRecord};
 use crate::api::machine::Machine;
 use crate::api::machine_class::MachineClass;
 use crate::aws::batch::launch::launch_tag;
 use crate::aws::credentials::{CredentialSource, merge_secret_data};
 use crate::aws::instances::{self, InstanceInfo, instance_id_from_provider_id};
+use crate::controller::cached_machine::CachedMachine;
 
 /// Runs the collector until the process stops.
 pub async fn run(ctx: Arc<Context>) {
@@ -116,7 +117,8 @@ pub async fn collect_once(ctx: &Context) -> Result<usize> {
         // The cache may lag a Machine created a moment ago (or be behind
         // after a restart): ask the API server itself before terminating.
         let live = machines_api(ctx).list(&ListParams::default()).await?;
-        let (live_uids, live_ids) = claims(live.items.iter());
+        let live: Vec<CachedMachine> = live.items.into_iter().map(CachedMachine::from).collect();
+        let (live_uids, live_ids) = claims(live.iter());
         let orphans: Vec<String> = candidates
             .into_iter()
             .filter(|i| is_orphan(i, &live_uids, &live_ids, ctx.config.namespace.as_deref()))
@@ -148,12 +150,15 @@ fn machines_api(ctx: &Context) -> Api<Machine> {
 /// The Machine UIDs and instance IDs (from providerIDs) that `machines`
 /// claim; the UIDs include the slots of batched launches the machines
 /// recorded (see [`launch_slot_claim`]).
-fn claims<'a>(machines: impl Iterator<Item = &'a Machine>) -> (BTreeSet<String>, BTreeSet<String>) {
+fn claims<'a>(
+    machines: impl Iterator<Item = &'a CachedMachine>,
+) -> (BTreeSet<String>, BTreeSet<String>) {
     let mut uids = BTreeSet::new();
     let mut ids = BTreeSet::new();
     for m in machines {
         uids.extend(m.uid());
-        if let Some(slot) = LaunchRecord::from_annotations(m.annotations()).and_then(|r| r.batch) {
+        let record = LaunchRecord::from_annotation(m.annotations().get(LAUNCH_ANNOTATION));
+        if let Some(slot) = record.and_then(|r| r.batch) {
             let tag = launch_tag(&m.namespace().unwrap_or_default(), &slot.token);
             uids.insert(launch_slot_claim(&tag, i64::from(slot.index)));
         }

@@ -20,6 +20,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
+use crate::api::machine::Machine;
+use crate::api::machine_set::MachineSet;
+use crate::controller::cached_machine::CachedMachine;
 use crate::controller::error::Result;
 use crate::controller::ownership;
 
@@ -76,7 +79,7 @@ impl Expectations {
 
     /// Whether the cache (`cached` looks an object up by name) shows every
     /// write of `owner`; writes it shows, and expired ones, are forgotten.
-    pub fn caught_up<K: Resource>(
+    pub fn caught_up<K: Cached>(
         &self,
         owner: &str,
         cached: impl Fn(&str) -> Option<Arc<K>>,
@@ -84,7 +87,7 @@ impl Expectations {
         self.caught_up_at(owner, cached, Instant::now())
     }
 
-    fn caught_up_at<K: Resource>(
+    fn caught_up_at<K: Cached>(
         &self,
         owner: &str,
         cached: impl Fn(&str) -> Option<Arc<K>>,
@@ -114,32 +117,66 @@ impl Expectations {
     }
 }
 
+/// An object as a cache holds it: the API type itself, or a compact form of
+/// it whose labels and annotations `ResourceExt` does not see (see
+/// [`CachedMachine`]).
+pub trait Cached: Resource<DynamicType = ()> + Clone + 'static {
+    /// The API type.
+    type Full: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug;
+    /// The object as the API type.
+    fn full(&self) -> Self::Full;
+    /// The value of annotation `key`.
+    fn annotation(&self, key: &str) -> Option<&str>;
+    /// Whether the object's labels match `selector`.
+    fn selected_by(&self, selector: &Selector) -> bool;
+}
+
+impl Cached for MachineSet {
+    type Full = MachineSet;
+    fn full(&self) -> MachineSet {
+        self.clone()
+    }
+    fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations().get(key).map(String::as_str)
+    }
+    fn selected_by(&self, selector: &Selector) -> bool {
+        selector.matches(self.labels())
+    }
+}
+
+impl Cached for CachedMachine {
+    type Full = Machine;
+    fn full(&self) -> Machine {
+        self.to_machine()
+    }
+    fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations().get(key)
+    }
+    fn selected_by(&self, selector: &Selector) -> bool {
+        self.matches(selector)
+    }
+}
+
 /// The objects of namespace `ns` under `selector` in `store`.
-pub fn cached_under<K>(store: &Store<K>, ns: &str, selector: &Selector) -> Vec<K>
-where
-    K: Resource<DynamicType = ()> + Clone + 'static,
-{
+pub fn cached_under<K: Cached>(store: &Store<K>, ns: &str, selector: &Selector) -> Vec<K::Full> {
     store
         .state()
         .iter()
-        .filter(|o| o.namespace().as_deref() == Some(ns) && selector.matches(o.labels()))
-        .map(|o| (**o).clone())
+        .filter(|o| o.namespace().as_deref() == Some(ns) && o.selected_by(selector))
+        .map(|o| o.full())
         .collect()
 }
 
 /// The objects of `ns` under `selector` that `owner` decides from: from
 /// `store` (synced) when it shows every write of `owner`, else listed live.
-pub async fn owned_under<K>(
+pub async fn owned_under<K: Cached>(
     expectations: &Expectations,
     store: &Store<K>,
     owner: &str,
     ns: &str,
     selector: &Selector,
-    api: &Api<K>,
-) -> Result<Vec<K>>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + 'static,
-{
+    api: &Api<K::Full>,
+) -> Result<Vec<K::Full>> {
     if expectations.caught_up(owner, |name| store.get(&ObjectRef::new(name).within(ns))) {
         return Ok(cached_under(store, ns, selector));
     }
@@ -148,7 +185,7 @@ where
 }
 
 /// Whether `cached` (the cache's copy of the object, if any) shows `write`.
-fn shown<K: Resource>(owner: &str, write: &Write, cached: Option<&K>) -> bool {
+fn shown<K: Cached>(owner: &str, write: &Write, cached: Option<&K>) -> bool {
     let meta = cached.map(Resource::meta);
     match write {
         Write::Created => meta.is_some(),
@@ -157,7 +194,7 @@ fn shown<K: Resource>(owner: &str, write: &Write, cached: Option<&K>) -> bool {
         Write::Adopted => meta.is_none_or(|m| ownership::controller_uid(m) == Some(owner)),
         Write::Released => meta.is_none_or(|m| ownership::controller_uid(m) != Some(owner)),
         Write::Annotated(key, value) => {
-            meta.is_none_or(|m| m.annotations.as_ref().and_then(|a| a.get(key)) == Some(value))
+            cached.is_none_or(|o| o.annotation(key) == Some(value.as_str()))
         }
     }
 }
@@ -165,22 +202,28 @@ fn shown<K: Resource>(owner: &str, write: &Write, cached: Option<&K>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::machine::Machine;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
     use serde_json::json;
 
-    fn machine(generation: i64) -> Arc<Machine> {
-        Arc::new(
-            serde_json::from_value(json!({
-                "apiVersion": "machine.sapcloud.io/v1alpha1", "kind": "Machine",
-                "metadata": {"name": "m-1", "namespace": "ns", "generation": generation},
-                "spec": {"class": {"name": "c"}}
-            }))
-            .unwrap(),
-        )
+    fn full(generation: i64) -> Machine {
+        serde_json::from_value(json!({
+            "apiVersion": "machine.sapcloud.io/v1alpha1", "kind": "Machine",
+            "metadata": {"name": "m-1", "namespace": "ns", "generation": generation},
+            "spec": {"class": {"name": "c"}}
+        }))
+        .unwrap()
     }
 
-    fn none(_: &str) -> Option<Arc<Machine>> {
+    /// The machine as the cache holds it.
+    fn cached(m: Machine) -> Arc<CachedMachine> {
+        Arc::new(m.into())
+    }
+
+    fn machine(generation: i64) -> Arc<CachedMachine> {
+        cached(full(generation))
+    }
+
+    fn none(_: &str) -> Option<Arc<CachedMachine>> {
         None
     }
 
@@ -205,9 +248,9 @@ mod tests {
         let e = Expectations::default();
         e.wrote("set", "m-1", Write::Deleted);
         assert!(!e.caught_up("set", |_| Some(machine(1))));
-        let mut going = (*machine(1)).clone();
+        let mut going = full(1);
         going.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
-        assert!(e.caught_up("set", |_| Some(Arc::new(going.clone()))));
+        assert!(e.caught_up("set", |_| Some(cached(going.clone()))));
         e.wrote("set", "m-1", Write::Deleted);
         assert!(e.caught_up("set", none));
     }
@@ -225,7 +268,7 @@ mod tests {
         let e = Expectations::default();
         e.wrote("uid-1", "m-1", Write::Adopted);
         assert!(!e.caught_up("uid-1", |_| Some(machine(1))));
-        let mut owned = (*machine(1)).clone();
+        let mut owned = full(1);
         owned.metadata.owner_references = Some(vec![OwnerReference {
             api_version: "machine.sapcloud.io/v1alpha1".into(),
             kind: "MachineSet".into(),
@@ -234,7 +277,7 @@ mod tests {
             controller: Some(true),
             ..OwnerReference::default()
         }]);
-        assert!(e.caught_up("uid-1", |_| Some(Arc::new(owned.clone()))));
+        assert!(e.caught_up("uid-1", |_| Some(cached(owned.clone()))));
     }
 
     #[test]
@@ -242,13 +285,13 @@ mod tests {
         let e = Expectations::default();
         e.wrote("set", "m-1", Write::Annotated("k".into(), "v".into()));
         assert!(!e.caught_up("set", |_| Some(machine(1))));
-        let mut marked = (*machine(1)).clone();
+        let mut marked = full(1);
         marked
             .metadata
             .annotations
             .get_or_insert_default()
             .insert("k".into(), "v".into());
-        assert!(e.caught_up("set", |_| Some(Arc::new(marked.clone()))));
+        assert!(e.caught_up("set", |_| Some(cached(marked.clone()))));
     }
 
     #[test]

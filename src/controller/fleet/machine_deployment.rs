@@ -55,6 +55,7 @@ use crate::api::machine_deployment::{
 };
 use crate::api::machine_set::{MachineSet, MachineSetConditionType, MachineSetSpec};
 use crate::api::shared::{ConditionStatus, MachineSummary, MachineTemplateSpec};
+use crate::controller::cached_machine::CachedMachine;
 use crate::controller::context::{Context, store_ready};
 use crate::controller::error::{Error, Result};
 use crate::controller::events::publish;
@@ -81,7 +82,7 @@ pub fn controller<R, Fut, M, C>(
     sets: Store<MachineSet>,
 ) -> impl Future<Output = ()> + use<R, Fut, M, C>
 where
-    M: Stream<Item = Arc<Machine>> + Send + 'static,
+    M: Stream<Item = Arc<CachedMachine>> + Send + 'static,
     C: Stream<Item = Arc<MachineClass>> + Send + 'static,
     R: FnMut(Arc<MachineDeployment>, Arc<Context>) -> Fut,
     Fut: TryFuture<Ok = Action, Error = Error> + Send + 'static,
@@ -139,10 +140,10 @@ async fn patch_set(
 /// The deployment whose set owns machine `m`, if any.
 fn deployment_of_machine(
     sets: &Store<MachineSet>,
-    m: &Machine,
+    m: &CachedMachine,
 ) -> Option<ObjectRef<MachineDeployment>> {
     let ns = m.namespace()?;
-    let owner = ownership::controller_of(&m.metadata)?;
+    let owner = ownership::controller_of(m.meta())?;
     let set = sets.get(&ObjectRef::new(&owner.name).within(&ns))?;
     let d = ownership::controller_of(&set.metadata)
         .filter(|o| o.kind == MachineDeployment::kind(&()))?;

@@ -21,7 +21,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::core::SelectorExt;
 use kube::runtime::controller::{self, Action};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::Store;
@@ -40,6 +39,7 @@ use crate::api::machine::{Machine, NODE_LABEL};
 use crate::api::machine_deployment::MachineDeployment;
 use crate::api::machine_set::{MachineSet, MachineSetConditionType, MachineSetStatus};
 use crate::api::shared::ConditionStatus;
+use crate::controller::cached_machine::CachedMachine;
 use crate::controller::context::Context;
 use crate::controller::error::{Error, Result};
 use crate::controller::events::publish;
@@ -65,7 +65,7 @@ pub fn controller<R, Fut, M>(
     reconcile: R,
 ) -> (impl Future<Output = ()> + use<R, Fut, M>, Store<MachineSet>)
 where
-    M: Stream<Item = Arc<Machine>> + Send + 'static,
+    M: Stream<Item = Arc<CachedMachine>> + Send + 'static,
     R: FnMut(Arc<MachineSet>, Arc<Context>) -> Fut,
     Fut: TryFuture<Ok = Action, Error = Error> + Send + 'static,
 {
@@ -141,10 +141,10 @@ pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action
     }
     for stray in ctx.machines.state().iter().filter(|m| {
         m.namespace().as_deref() == Some(ns.as_str())
-            && ownership::controller_uid(&m.metadata) == Some(uid.as_str())
-            && !selector.matches(m.labels())
+            && ownership::controller_uid(m.meta()) == Some(uid.as_str())
+            && !m.matches(&selector)
     }) {
-        ownership::release(&api, stray, &uid).await?;
+        ownership::release(&api, &stray.to_machine(), &uid).await?;
         ctx.expectations
             .wrote(&uid, &stray.name_any(), Write::Released);
         info!(set = %set.name_any(), machine = %stray.name_any(), "released machine that no longer matches the selector");

@@ -91,10 +91,12 @@ pub struct Group {
     pub display: String,
 }
 
-pub fn group_of(m: &Machine, set_of: impl Fn(&str) -> Option<Arc<MachineSet>>) -> Option<Group> {
+pub fn group_of<K: Resource>(
+    m: &K,
+    set_of: impl Fn(&str) -> Option<Arc<MachineSet>>,
+) -> Option<Group> {
     let ns = m.namespace().unwrap_or_default();
-    let owner =
-        ownership::controller_of(&m.metadata).filter(|o| o.kind == MachineSet::kind(&()))?;
+    let owner = ownership::controller_of(m.meta()).filter(|o| o.kind == MachineSet::kind(&()))?;
     let set = set_of(&owner.name).filter(|s| s.uid().as_deref() == Some(owner.uid.as_str()));
     let deployment = set.as_ref().and_then(|s| {
         ownership::controller_of(&s.metadata)
@@ -165,11 +167,15 @@ fn fleet_machines(ctx: &Context, m: &Machine, group: &Group) -> Vec<Arc<Machine>
         .state()
         .into_iter()
         .filter(|o| o.namespace() == ns)
-        .filter(|o| group_of(o, |name| set_in(ctx, o, name)).as_ref() == Some(group))
+        .filter(|o| {
+            group_of(o.as_ref(), |name| set_in(ctx, o.as_ref(), name)).as_ref() == Some(group)
+        })
+        .map(|o| Arc::new(o.to_machine()))
         .collect()
 }
 
-fn set_in(ctx: &Context, m: &Machine, name: &str) -> Option<Arc<MachineSet>> {
+/// Set `name` in the namespace of `m` (a Machine, as cached or not).
+fn set_in<K: Resource>(ctx: &Context, m: &K, name: &str) -> Option<Arc<MachineSet>> {
     let sets = ctx.sets.get()?;
     sets.get(&ObjectRef::new(name).within(&m.namespace().unwrap_or_default()))
 }

@@ -93,9 +93,13 @@ impl LaunchRecord {
     /// as absent: the Machine then falls back to its providerID and class,
     /// as before records existed.
     pub fn from_annotations(annotations: &BTreeMap<String, String>) -> Option<LaunchRecord> {
-        annotations
-            .get(LAUNCH_ANNOTATION)
-            .and_then(|v| serde_json::from_str(v).ok())
+        Self::from_annotation(annotations.get(LAUNCH_ANNOTATION).map(String::as_str))
+    }
+
+    /// The record in the value of [`LAUNCH_ANNOTATION`], read as
+    /// [`Self::from_annotations`] does.
+    pub fn from_annotation(value: Option<&str>) -> Option<LaunchRecord> {
+        value.and_then(|v| serde_json::from_str(v).ok())
     }
 
     /// The record of a Machine's first launch attempt, starting `now`.

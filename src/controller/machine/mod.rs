@@ -46,6 +46,7 @@ use crate::api::shared::{CurrentStatus, MachineOperationType, MachinePhase};
 use crate::aws::clients::Ec2Handle;
 use crate::aws::credentials::user_data;
 use crate::aws::errors::ErrorClass;
+use crate::controller::cached_machine::CachedMachine;
 use crate::controller::fleet::drift::{self, EffectiveSpec, LoadedClass};
 
 use self::apply::apply;
@@ -66,7 +67,9 @@ pub const CONDITION_TAGS_APPLIED: &str = "TagsApplied";
 const RECHECK_SOON: Duration = Duration::from_secs(5);
 
 /// Entry point of the controller: everything happens behind the finalizer.
-pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Context>) -> Result<Action> {
+/// The cached Machine becomes the API type here, for this reconcile only.
+pub async fn reconcile(machine: Arc<CachedMachine>, ctx: Arc<Context>) -> Result<Action> {
+    let machine = Arc::new(machine.to_machine());
     let ns = machine
         .namespace()
         .ok_or_else(|| Error::Invalid("Machine has no namespace".into()))?;
@@ -104,7 +107,7 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<Context>) -> Result<Actio
 
 /// Requeue policy after an error: waits are plain requeues, EC2 errors follow
 /// their class, everything else backs off per object.
-pub fn error_policy(machine: Arc<Machine>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(machine: Arc<CachedMachine>, error: &Error, ctx: Arc<Context>) -> Action {
     if let Error::Waiting { retry_after, .. } = error.inner() {
         return Action::requeue(*retry_after);
     }
