@@ -72,14 +72,6 @@ impl Pairs {
         self.slice().iter().map(|(k, v)| (k.as_str(), &**v))
     }
 
-    pub fn len(&self) -> usize {
-        self.slice().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.slice().is_empty()
-    }
-
     /// The pairs as the API types hold them (empty where there were none).
     pub fn to_map(&self) -> BTreeMap<String, String> {
         self.iter()
@@ -150,12 +142,6 @@ impl From<Machine> for CachedMachine {
             spec: machine.spec,
             status: machine.status,
         }
-    }
-}
-
-impl From<&CachedMachine> for Machine {
-    fn from(cached: &CachedMachine) -> Self {
-        cached.to_machine()
     }
 }
 
