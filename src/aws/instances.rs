@@ -23,6 +23,7 @@ use aws_sdk_ec2::types::{Filter, Instance};
 use k8s_openapi::api::core::v1::NodeAddress;
 
 use super::clients::{ClientKey, Ec2Handle};
+use super::describe_slim::SlimDescribe;
 use super::errors::{Ec2Error, ErrorClass};
 use super::instance_tags::InstanceTags;
 use super::launch::PostLaunchState;
@@ -207,8 +208,9 @@ pub async fn describe(
 }
 
 /// [`describe`], handing each instance to `each` as its page arrives: a
-/// page (parsed by the SDK, ~10 KB per instance) is gone before the next
-/// is asked for, and the caller need not hold every instance twice.
+/// page (slimmed to what [`InstanceInfo`] reads before the SDK parses it,
+/// [`SlimDescribe`]) is gone before the next is asked for, and the caller
+/// need not hold every instance twice.
 async fn describe_each(
     handle: &Ec2Handle,
     filters: Vec<Filter>,
@@ -224,12 +226,11 @@ async fn describe_each(
             .set_instance_ids((!ids.is_empty()).then(|| ids.clone()))
             .set_max_results(ids.is_empty().then_some(1000))
             .set_next_token(token.take());
+        let send = req.customize().interceptor(SlimDescribe).send();
         let page = if filters.is_empty() && !ids.is_empty() {
-            handle.call("DescribeInstances", req.send()).await?
+            handle.call("DescribeInstances", send).await?
         } else {
-            handle
-                .call_filtered("DescribeInstances", req.send())
-                .await?
+            handle.call_filtered("DescribeInstances", send).await?
         };
         for r in page.reservations() {
             r.instances()

@@ -130,6 +130,7 @@ async fn measure(n: usize) {
     }
     let all_running = started.elapsed();
     let peak_at_running = peak_rss_kib(&s);
+    let cpu_at_running = cpu_seconds(&s);
 
     // Steady state: two minutes with nothing changing.
     let metrics_before = s.op.http_get("/metrics").unwrap().1;
@@ -146,6 +147,7 @@ async fn measure(n: usize) {
         .sum();
     let peak = peak_rss_kib(&s);
     let current = current_rss_kib(&s);
+    let steady_cpu = cpu_seconds(&s) - cpu_at_running;
 
     println!(
         "BENCH scale {n}: {n} instances started in {launched:?}, Nodes (~{node_bytes} bytes each) and Machines created after {created:?}, all Running after {all_running:?}"
@@ -162,6 +164,10 @@ async fn measure(n: usize) {
         ec2_calls as f64 / minutes,
         proxy.calls(),
         requests / minutes
+    );
+    println!(
+        "BENCH scale {n}: operator CPU {cpu_at_running:.1} s until all Running, {:.2}% of a core in the steady state",
+        100.0 * steady_cpu / window.as_secs_f64()
     );
 
     // Leave no Nodes for the next size (the Machines go with the namespace;
@@ -259,6 +265,19 @@ fn proc_status_kib(s: &Scenario, field: &str) -> u64 {
                 .ok()
         })
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// CPU seconds (user + system) the operator has used so far, from
+/// `/proc/<pid>/stat` (in USER_HZ ticks, 100 a second on Linux).
+fn cpu_seconds(s: &Scenario) -> f64 {
+    let pid = s.op.pid().expect("the operator runs");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses; utime and
+    // stime are the 14th and 15th of the line.
+    let rest = &stat[stat.rfind(')').expect("a /proc stat line") + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
 }
 
 fn peak_rss_kib(s: &Scenario) -> u64 {
