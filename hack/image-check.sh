@@ -12,19 +12,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-case "$(uname -m)" in
-  x86_64) TARGET=x86_64-unknown-linux-musl ;;
-  aarch64) TARGET=aarch64-unknown-linux-musl ;;
-  *) die "unsupported architecture $(uname -m)" ;;
-esac
-command -v musl-gcc >/dev/null 2>&1 || apt_install musl-tools
 command -v file >/dev/null 2>&1 || apt_install file
-rustup target list --installed 2>/dev/null | grep -qx "$TARGET" || rustup target add "$TARGET" >&2
-
-log "building the release binary for $TARGET (as the Dockerfile does)"
-CC_x86_64_unknown_linux_musl=musl-gcc CC_aarch64_unknown_linux_musl=musl-gcc \
-  cargo build --release --locked --target "$TARGET" --bin machine-controller
-BIN="target/$TARGET/release/machine-controller"
+BIN="$(bash "$ROOT/hack/static-release.sh")" || die "the static release build failed"
 
 fail=0
 check() { # check DESCRIPTION COMMAND...
