@@ -9,9 +9,12 @@
 //! [`SlimDescribe`], an interceptor on the operator's DescribeInstances
 //! calls, rewrites a successful answer to those elements ([`slim`]) before
 //! the SDK's deserializer sees it: the same XML, minus what nobody reads.
-//! Anything it cannot read as XML it leaves as it is, and error answers are
-//! not touched (their codes and messages are the SDK's to read).
+//! It slims the answer piece by piece as it arrives, so the full answer is
+//! never held either. An answer that is not well-formed XML fails the call
+//! (as the SDK's parser would: a Transient error naming it); error answers
+//! are not touched (their codes and messages are the SDK's to read).
 
+use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -81,68 +84,186 @@ const RESPONSE: &[(&str, Keep)] = &[
 /// Text between kept elements that only holds other elements (indentation)
 /// goes too; everything kept is copied byte for byte, entities and all.
 pub fn slim(xml: &str) -> Option<String> {
-    let mut out = String::with_capacity(xml.len() / 4);
-    // The rule of each open kept element; `skip` > 0 while inside a dropped
-    // one (its depth).
-    let mut open: Vec<Keep> = Vec::new();
-    let mut skip = 0usize;
-    let mut seen_root = false;
-    for token in Tokenizer::from(xml) {
-        let token = token.ok()?;
-        if skip > 0 {
-            match token {
-                Token::ElementStart { .. } => skip += 1,
-                Token::ElementEnd {
-                    end: ElementEnd::Close(..) | ElementEnd::Empty,
-                    ..
-                } => skip -= 1,
-                _ => {}
-            }
-            continue;
+    let mut slimmer = Slimmer::default();
+    slimmer.feed(xml.as_bytes());
+    slimmer.finish()
+}
+
+/// [`slim`] as the answer arrives: each piece is slimmed as soon as it
+/// holds whole tags, so the answer itself is never held, only its slimmed
+/// form and the unfinished tail of the last piece.
+#[derive(Default)]
+struct Slimmer {
+    out: String,
+    /// What arrived but is not slimmed yet: from the last `<` on.
+    pending: Vec<u8>,
+    /// Each open kept element: its rule and where `out` holds its name.
+    open: Vec<(Keep, Range<usize>)>,
+    /// > 0 while inside a dropped element: how deep.
+    skip: usize,
+    seen_root: bool,
+    /// Past the XML declaration (or where it would be).
+    started: bool,
+    failed: bool,
+}
+
+impl Slimmer {
+    /// Takes the next piece of the answer.
+    fn feed(&mut self, bytes: &[u8]) {
+        if self.failed {
+            return;
         }
-        match token {
-            Token::Declaration { span, .. } => out.push_str(span.as_str()),
-            Token::ElementStart { local, span, .. } => {
-                let rule = match open.last() {
-                    None if seen_root => return None,
-                    None => {
-                        seen_root = true;
-                        Some(Only(RESPONSE))
-                    }
-                    Some(All) => Some(All),
-                    Some(Only(children)) => children
-                        .iter()
-                        .find(|(name, _)| *name == local.as_str())
-                        .map(|(_, keep)| *keep),
-                };
-                match rule {
-                    Some(rule) => {
-                        open.push(rule);
-                        out.push_str(span.as_str());
-                    }
-                    None => skip = 1,
-                }
-            }
-            Token::Attribute { span, .. } => {
-                out.push(' ');
-                out.push_str(span.as_str());
-            }
-            Token::ElementEnd { end, span } => {
-                if !matches!(end, ElementEnd::Open) {
-                    open.pop()?;
-                }
-                out.push_str(span.as_str());
-            }
-            Token::Text { text } if matches!(open.last(), Some(All)) => out.push_str(text.as_str()),
-            Token::Cdata { span, .. } if matches!(open.last(), Some(All)) => {
-                out.push_str(span.as_str())
-            }
-            // Comments, processing instructions, DTDs and the whitespace
-            // between elements.
-            _ => {}
+        self.pending.extend_from_slice(bytes);
+        if !self.started && !self.declaration() {
+            return;
+        }
+        // Markup starts at `<`, which text and attribute values cannot
+        // hold: everything before the last one is whole tags and text.
+        // (Comments and CDATA may hold one; a piece cut inside them fails
+        // and waits for more, see `slim_piece`.)
+        let Some(cut) = self.pending.iter().rposition(|&b| b == b'<') else {
+            return;
+        };
+        if cut > 0 && self.slim_piece(cut, false) {
+            self.pending.drain(..cut);
         }
     }
-    (seen_root && open.is_empty()).then_some(out)
+
+    /// The slimmed answer; `None` when it was not one well-formed document.
+    fn finish(mut self) -> Option<String> {
+        if !self.started && !self.declaration() {
+            self.started = true;
+        }
+        let all = self.pending.len();
+        if !self.failed && self.slim_piece(all, true) {
+            let whole = self.seen_root && self.open.is_empty() && self.skip == 0;
+            return whole.then_some(self.out);
+        }
+        None
+    }
+
+    /// Copies the XML declaration, if the answer starts with one; false
+    /// while more is needed to tell.
+    fn declaration(&mut self) -> bool {
+        const START: &[u8] = b"<?xml";
+        let head = &self.pending[..self.pending.len().min(START.len())];
+        if head != &START[..head.len()] {
+            self.started = true;
+            return true;
+        }
+        if head.len() < START.len() {
+            return false;
+        }
+        let Some(end) = self.pending.windows(2).position(|w| w == b"?>") else {
+            return false;
+        };
+        match std::str::from_utf8(&self.pending[..end + 2]) {
+            Ok(decl) => self.out.push_str(decl),
+            Err(_) => self.failed = true,
+        }
+        self.pending.drain(..end + 2);
+        self.started = true;
+        true
+    }
+
+    /// Slims `pending[..len]`. A piece that does not parse fails the
+    /// answer when it is the last (`last`); otherwise it is undone, to be
+    /// tried again with more: false either way.
+    fn slim_piece(&mut self, len: usize, last: bool) -> bool {
+        let undo = (self.out.len(), self.open.clone(), self.skip, self.seen_root);
+        let pending = std::mem::take(&mut self.pending);
+        let ok = match std::str::from_utf8(&pending[..len]) {
+            Ok(piece) => self.tokens(piece).is_some(),
+            Err(_) => false,
+        };
+        self.pending = pending;
+        if !ok {
+            if last {
+                self.failed = true;
+            } else {
+                self.out.truncate(undo.0);
+                (self.open, self.skip, self.seen_root) = (undo.1, undo.2, undo.3);
+            }
+        }
+        ok
+    }
+
+    /// Whether the innermost open element is kept with all its content.
+    fn keeps_all(&self) -> bool {
+        matches!(self.open.last(), Some((All, _)))
+    }
+
+    fn tokens(&mut self, piece: &str) -> Option<()> {
+        for token in Tokenizer::from_fragment(piece, 0..piece.len()) {
+            let token = token.ok()?;
+            if self.skip > 0 {
+                match token {
+                    Token::ElementStart { .. } => self.skip += 1,
+                    Token::ElementEnd {
+                        end: ElementEnd::Close(..) | ElementEnd::Empty,
+                        ..
+                    } => self.skip -= 1,
+                    _ => {}
+                }
+                continue;
+            }
+            let keeps_all = self.keeps_all();
+            let out = &mut self.out;
+            match token {
+                Token::ElementStart { local, span, .. } => {
+                    let rule = match self.open.last().map(|(keep, _)| keep) {
+                        None if self.seen_root => return None,
+                        None => {
+                            self.seen_root = true;
+                            Some(Only(RESPONSE))
+                        }
+                        Some(All) => Some(All),
+                        Some(Only(children)) => children
+                            .iter()
+                            .find(|(name, _)| *name == local.as_str())
+                            .map(|(_, keep)| *keep),
+                    };
+                    match rule {
+                        Some(rule) => {
+                            let name = out.len() + (local.start() - span.start());
+                            self.open.push((rule, name..name + local.as_str().len()));
+                            out.push_str(span.as_str());
+                        }
+                        None => self.skip = 1,
+                    }
+                }
+                Token::Attribute { span, .. } => {
+                    out.push(' ');
+                    out.push_str(span.as_str());
+                }
+                Token::ElementEnd { end, span } => {
+                    match end {
+                        ElementEnd::Open => {}
+                        ElementEnd::Empty => _ = self.open.pop()?,
+                        ElementEnd::Close(_, local) => {
+                            let (_, name) = self.open.pop()?;
+                            if out[name] != *local.as_str() {
+                                return None;
+                            }
+                        }
+                    }
+                    out.push_str(span.as_str());
+                }
+                Token::Text { text } if keeps_all => out.push_str(text.as_str()),
+                Token::Cdata { span, .. } if keeps_all => out.push_str(span.as_str()),
+                // Text outside the root must be whitespace.
+                Token::Text { text }
+                    if self.open.is_empty() && !text.as_str().trim().is_empty() =>
+                {
+                    return None;
+                }
+                // Comments, processing instructions and the whitespace
+                // between elements.
+                _ => {}
+            }
+        }
+        Some(())
+    }
 }
 
 /// The interceptor: installed per DescribeInstances request
@@ -171,26 +292,27 @@ impl Intercept for SlimDescribe {
     }
 }
 
-/// The most room reserved up front for an answer (its Content-Length).
-const RESERVE_AT_MOST: u64 = 32 << 20;
-
-/// Reads the whole answer (the SDK would too), then yields it slimmed as
-/// one frame.
+/// Slims the answer as it arrives, then yields the slimmed answer as one
+/// frame, or an error when the answer was not well-formed XML.
 struct SlimBody {
     inner: SdkBody,
-    raw: Vec<u8>,
-    done: bool,
+    /// `None` once the slimmed answer was handed on.
+    slimmer: Option<Slimmer>,
 }
 
 impl SlimBody {
     fn new(inner: SdkBody) -> Self {
         Self {
             inner,
-            raw: Vec::new(),
-            done: false,
+            slimmer: Some(Slimmer::default()),
         }
     }
 }
+
+/// A DescribeInstances answer that could not be slimmed.
+#[derive(Debug, thiserror::Error)]
+#[error("the DescribeInstances answer is not well-formed XML")]
+struct NotXml;
 
 impl Body for SlimBody {
     type Data = Bytes;
@@ -201,34 +323,24 @@ impl Body for SlimBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
-        if this.done {
+        let Some(slimmer) = this.slimmer.as_mut() else {
             return Poll::Ready(None);
-        }
-        if this.raw.capacity() == 0 {
-            // Content-Length when the answer has one: room for all of it
-            // at once, not twice as much while a growing buffer moves
-            // (bounded: a page of 1,000 instances is ~3 MB).
-            let expected = this.inner.size_hint().lower().min(RESERVE_AT_MOST);
-            this.raw
-                .reserve_exact(usize::try_from(expected).unwrap_or(0));
-        }
+        };
         loop {
             match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
-                        this.raw.extend_from_slice(&data);
+                        slimmer.feed(&data);
                     }
                 }
                 Some(Err(e)) => return Poll::Ready(Some(Err(e))),
                 None => {
-                    this.done = true;
-                    let raw = std::mem::take(&mut this.raw);
-                    let slimmed = std::str::from_utf8(&raw).ok().and_then(slim);
-                    let bytes = match slimmed {
-                        Some(s) => Bytes::from(s),
-                        None => Bytes::from(raw),
+                    let slimmed = this.slimmer.take().and_then(Slimmer::finish);
+                    let frame = match slimmed {
+                        Some(s) => Ok(Frame::data(Bytes::from(s))),
+                        None => Err(NotXml.into()),
                     };
-                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                    return Poll::Ready(Some(frame));
                 }
             }
         }
@@ -328,6 +440,7 @@ mod tests {
     #[test]
     fn what_is_not_one_well_formed_document_is_refused() {
         assert_eq!(slim("<a><b></a>"), None);
+        assert_eq!(slim("<a></b>"), None);
         assert_eq!(slim("<a></a><b></b>"), None);
         assert_eq!(slim("<a>"), None);
         assert_eq!(slim(""), None);
@@ -406,19 +519,48 @@ mod tests {
         assert_eq!(i.state_reason.as_deref(), Some("a & b"));
     }
 
-    async fn through_the_body(answer: &'static str) -> Vec<u8> {
-        let body = SdkBody::from_body_1_x(SlimBody::new(SdkBody::from(answer)));
+    async fn through_the_body(pieces: Vec<&'static [u8]>) -> Result<Vec<u8>, String> {
+        let inner = futures::stream::iter(
+            pieces
+                .into_iter()
+                .map(|p| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(p)))),
+        );
+        let inner = SdkBody::from_body_1_x(http_body_util::StreamBody::new(inner));
+        let body = SdkBody::from_body_1_x(SlimBody::new(inner));
         let read = aws_smithy_types::byte_stream::ByteStream::new(body).collect();
-        read.await.expect("read").into_bytes().to_vec()
+        match read.await {
+            Ok(bytes) => Ok(bytes.into_bytes().to_vec()),
+            Err(e) => Err(format!("{}", std::error::Error::source(&e).unwrap_or(&e))),
+        }
+    }
+
+    #[test]
+    fn an_answer_cut_anywhere_slims_as_the_whole() {
+        let whole = slim(ANSWER).unwrap();
+        let bytes = ANSWER.as_bytes();
+        for cut in 0..=bytes.len() {
+            let mut slimmer = Slimmer::default();
+            slimmer.feed(&bytes[..cut]);
+            slimmer.feed(&bytes[cut..]);
+            assert_eq!(slimmer.finish().as_ref(), Some(&whole), "cut at {cut}");
+        }
+        // And byte by byte, a comment with markup in it included.
+        let commented = ANSWER.replace("<!-- a comment -->", "<!-- <a> <b/> -->");
+        let mut slimmer = Slimmer::default();
+        for b in commented.as_bytes() {
+            slimmer.feed(std::slice::from_ref(b));
+        }
+        assert_eq!(slimmer.finish(), Some(whole));
     }
 
     #[tokio::test]
-    async fn the_body_hands_on_the_slimmed_answer_or_else_the_answer_unchanged() {
-        assert_eq!(
-            through_the_body(ANSWER).await,
-            slim(ANSWER).unwrap().into_bytes()
-        );
-        assert_eq!(through_the_body("not xml").await, b"not xml");
-        assert_eq!(through_the_body("").await, b"");
+    async fn the_body_hands_on_the_slimmed_answer_or_fails() {
+        let (head, tail) = ANSWER.as_bytes().split_at(1000);
+        let got = through_the_body(vec![head, tail]).await;
+        assert_eq!(got, Ok(slim(ANSWER).unwrap().into_bytes()));
+        let refused = Err(NotXml.to_string());
+        assert_eq!(through_the_body(vec![b"not xml"]).await, refused);
+        assert_eq!(through_the_body(vec![b"<a>", b"</b>"]).await, refused);
+        assert_eq!(through_the_body(vec![]).await, refused);
     }
 }

@@ -147,13 +147,20 @@ impl Operator {
             .env("AWS_SECRET_ACCESS_KEY", "testing")
             .env("RUST_LOG", "info,mcm_provider_aws=debug")
             .env("RUST_BACKTRACE", "1")
-            // One malloc arena, as docs/operations.md#memory advises for
-            // glibc builds (the image's musl has a single heap anyway):
-            // glibc's arena per thread added ~10 MiB at 1,000 Machines.
-            // `MALLOC_ARENA_MAX=8 make bench` measures glibc's default.
+            // One malloc arena and a fixed mmap threshold, as
+            // docs/operations.md#memory advises for glibc builds (the
+            // image's musl ignores both): glibc's arena per thread added
+            // ~10 MiB at 1,000 Machines, its sliding mmap threshold ~4 MiB
+            // (DescribeInstances pages then stay in the heap once freed).
+            // `MALLOC_ARENA_MAX=8 MCM_OPERATOR_BINARY=... make bench`
+            // measures glibc's default.
             .env(
                 "MALLOC_ARENA_MAX",
                 std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "1".into()),
+            )
+            .env(
+                "MALLOC_MMAP_THRESHOLD_",
+                std::env::var("MALLOC_MMAP_THRESHOLD_").unwrap_or_else(|_| "262144".into()),
             )
             // Whatever the developer's shell has must not leak into the test.
             .env_remove("AWS_PROFILE")
