@@ -36,9 +36,9 @@ test-env: ## Provision kube-apiserver, kube-controller-manager, kubectl and etcd
 	bash hack/helm-kubectl.sh >/dev/null
 
 bench: test-env ## Measurements (the image's static musl release build): EC2 calls per lifecycle, 100 machines to Running (BENCH_MACHINES=N), rolling replacement of 10, memory at 1000/10000 machines (BENCH_SCALE=...), cache bytes per object (BENCH_FOOTPRINT=N)
-	bin="$$(bash hack/static-release.sh)" && \
+	bin="$${MCM_OPERATOR_BINARY:-$$(bash hack/static-release.sh)}" && \
 	$(CARGO) run --release --quiet --example cache_footprint -- $${BENCH_FOOTPRINT:-10000} && \
-	MCM_OPERATOR_BINARY="$${MCM_OPERATOR_BINARY:-$$bin}" \
+	MCM_OPERATOR_BINARY="$$bin" \
 	  $(CARGO) test --test integration bench_ -- --ignored --nocapture --test-threads=1
 
 lint: ## rustfmt and clippy, warnings are errors
