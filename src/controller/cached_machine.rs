@@ -10,6 +10,11 @@
 //! delivered it; [`CachedMachine::to_machine`] gives the API type back for
 //! a reconcile.
 //!
+//! A `CachedMachine` is a handle: its parts sit behind one `Arc`, so the
+//! store's copy (kube's store clones every object it takes in), the
+//! secondary index's entries and the events in flight share one Machine
+//! instead of holding a copy each.
+//!
 //! Its `ObjectMeta` carries everything but the labels and annotations (and
 //! managedFields, which no reconcile reads), so code generic over
 //! `Resource` (owner references, finalizers, deletion, generation) reads it
@@ -21,6 +26,8 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::ops::Deref;
+use std::sync::Arc;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -86,7 +93,12 @@ impl Pairs {
 
 /// See the module docs.
 #[derive(Clone, Debug, PartialEq)]
-pub struct CachedMachine {
+pub struct CachedMachine(Arc<Parts>);
+
+/// What a [`CachedMachine`] holds; its `spec` and `status` are read
+/// through the handle.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Parts {
     /// Without labels, annotations and managedFields.
     metadata: ObjectMeta,
     labels: Pairs,
@@ -95,7 +107,20 @@ pub struct CachedMachine {
     pub status: Option<MachineStatus>,
 }
 
+impl Deref for CachedMachine {
+    type Target = Parts;
+    fn deref(&self) -> &Parts {
+        &self.0
+    }
+}
+
 impl CachedMachine {
+    /// Whether `self` and `other` are the same handle (one watch event's
+    /// Machine), not merely equal.
+    pub fn same(&self, other: &CachedMachine) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// The Machine's labels.
     pub fn labels(&self) -> &Pairs {
         &self.labels
@@ -135,13 +160,13 @@ impl From<Machine> for CachedMachine {
         trim_machine(&mut machine);
         let labels = Pairs::from_map(machine.metadata.labels.take());
         let annotations = Pairs::from_map(machine.metadata.annotations.take());
-        CachedMachine {
+        CachedMachine(Arc::new(Parts {
             metadata: machine.metadata,
             labels,
             annotations,
             spec: machine.spec,
             status: machine.status,
-        }
+        }))
     }
 }
 
@@ -173,7 +198,7 @@ impl Resource for CachedMachine {
         &self.metadata
     }
     fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
+        &mut Arc::make_mut(&mut self.0).metadata
     }
 }
 
@@ -263,6 +288,21 @@ mod tests {
         let bytes = serde_json::to_vec(&machine()).unwrap();
         let c: CachedMachine = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(c, CachedMachine::from(machine()));
+    }
+
+    #[test]
+    fn clones_share_the_machine() {
+        let c = CachedMachine::from(machine());
+        let copy = c.clone();
+        assert!(copy.same(&c));
+        let equal = CachedMachine::from(machine());
+        assert_eq!(equal, c);
+        assert!(!equal.same(&c));
+        // A change through the handle leaves the other holders' copy alone.
+        let mut changed = c.clone();
+        changed.meta_mut().generation = Some(9);
+        assert_eq!(c.meta().generation, Some(2));
+        assert!(!changed.same(&c));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 
 use super::cached_machine::{CachedMachine, cached_event};
-use super::index::{Index, machine_keys, node_keys};
+use super::index::Index;
 use super::nodes::{Announce, Nodes};
 use super::reads::{Reads, SecretMeta, trim_secret_meta};
 use crate::api::machine::Machine;
@@ -41,9 +41,8 @@ const NODE_SUBSCRIBER_BUFFER: usize = 64;
 /// Stores, indexes and writers of the shared watches; see the module docs.
 pub struct Watches {
     pub machines: Store<CachedMachine>,
-    pub machine_index: Arc<Index<CachedMachine>>,
+    pub machine_index: Arc<Index>,
     pub nodes: Arc<Nodes>,
-    pub node_index: Arc<Index<Node>>,
     pub classes: Store<MachineClass>,
     pub secret_meta: Store<SecretMeta>,
     machine_writer: Writer<CachedMachine>,
@@ -66,9 +65,8 @@ impl Watches {
         let (secret_meta, secret_writer) = reflector::store();
         Self {
             machines,
-            machine_index: Arc::new(Index::new(machine_keys)),
+            machine_index: Arc::new(Index::new()),
             nodes: Arc::new(Nodes::default()),
-            node_index: Arc::new(Index::new(node_keys)),
             classes,
             secret_meta,
             machine_writer,
@@ -119,7 +117,7 @@ impl Watches {
             .reflect_shared(self.machine_writer)
             .inspect_ok(move |ev| announce_deletion(ev, &self.machine_gone));
         // The Node cache trims each Node as it takes it in.
-        let (node_index, node_cache) = (self.node_index.clone(), self.nodes.clone());
+        let node_cache = self.nodes.clone();
         let mut node_subscribers = self.node_subscribers;
         let node_events = watcher(Api::<Node>::all(target.clone()), wc.clone()).default_backoff();
         let nodes = async move {
@@ -127,7 +125,6 @@ impl Watches {
             while let Some(item) = node_events.next().await {
                 match item {
                     Ok(ev) => {
-                        node_index.observe(&ev);
                         let announce = node_cache.apply(ev);
                         hand_out(&node_cache, announce, &mut node_subscribers).await;
                     }

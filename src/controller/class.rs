@@ -49,7 +49,10 @@ impl<'a> ClassUse<'a> {
         !self
             .ctx
             .machine_index
-            .get(&index::class_key(self.ns, class))
+            .get(index::Key::Class {
+                ns: self.ns,
+                name: class,
+            })
             .is_empty()
     }
 

@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
-use k8s_openapi::api::core::v1::Node;
 use kube::Client;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::Store;
@@ -56,12 +55,10 @@ pub struct Context {
     pub terminations: Terminations,
     /// Nodes of the target cluster (compact, see [`super::nodes`]).
     pub nodes: Arc<Nodes>,
-    /// Nodes by the instance ID of their providerID.
-    pub node_index: Arc<Index<Node>>,
     /// Machines, kept by the shared Machine watch.
     pub machines: Store<CachedMachine>,
-    /// Machines by Node name and instance ID.
-    pub machine_index: Arc<Index<CachedMachine>>,
+    /// Machines by Node name, instance ID and class.
+    pub machine_index: Arc<Index>,
     /// MachineClasses and Secrets from watch-backed caches.
     pub reads: Arc<Reads>,
     /// MachineSets, kept by the MachineSet controller's reflector; set once
@@ -115,7 +112,6 @@ impl Context {
             launches: LaunchBatches::default(),
             terminations: Terminations::default(),
             nodes: watches.nodes.clone(),
-            node_index: watches.node_index.clone(),
             machines: watches.machines.clone(),
             machine_index: watches.machine_index.clone(),
             reads,

@@ -1,234 +1,255 @@
-//! Secondary indexes over watched objects: which objects carry a key (a
-//! Node name, an instance ID), kept up to date from the watch events that
-//! also feed the object's store.
+//! The Machine index: which Machines name a Node, an EC2 instance or a
+//! MachineClass, kept up to date from the watch events that also feed the
+//! Machine store.
 //!
 //! kube's `Store` only looks objects up by name; finding "the Machines of
-//! this Node" or "the Node of this instance" from it means scanning every
-//! object, once per Node event — quadratic work with thousands of each. An
-//! [`Index`] answers those lookups from a map instead. It follows the
-//! watcher's relist protocol: `Init` starts a fresh buffer, `InitApply`
-//! fills it, `InitDone` swaps it in, so a relist drops keys of objects
-//! deleted while the watch was down, as the store does.
+//! this Node" from it means scanning every Machine, once per Node event —
+//! quadratic work with thousands of each. The [`Index`] answers those
+//! lookups from hash tables instead. Its entries are [`CachedMachine`]
+//! handles, shared with the store, and each key is read off the Machine
+//! it belongs to, so the index holds no strings of its own: about 60 bytes
+//! per Machine, where string keys and object references cost 1.3 KB. (A
+//! Node's instance is looked up in the Node cache, see
+//! [`super::nodes::Nodes::with_instance`].)
+//!
+//! It follows the watcher's relist protocol: `Init` starts a fresh
+//! generation, `InitApply` fills it, `InitDone` swaps it in, so a relist
+//! drops keys of Machines deleted while the watch was down, as the store
+//! does. Call [`Index::observe`] before the store sees the event: a lookup
+//! then never finds less than the store holds.
 
-use std::collections::{HashMap, HashSet};
-use std::marker::PhantomData;
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::Mutex;
 
-use k8s_openapi::api::core::v1::Node;
-use kube::Resource;
-use kube::runtime::reflector::{Lookup, ObjectRef};
+use hashbrown::HashTable;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::Event;
+use kube::{Resource, ResourceExt};
 
 use crate::api::machine::NODE_LABEL;
 use crate::aws::instances::instance_id_from_provider_id;
 use crate::controller::cached_machine::CachedMachine;
-use crate::intern::{Interner, Sym};
 
-/// The keys an object is found under.
-pub type KeysOf<K> = fn(&K) -> Vec<String>;
-
-/// Objects by key; see the module docs.
-pub struct Index<K>
-where
-    K: Lookup<DynamicType = ()> + 'static,
-{
-    keys_of: KeysOf<K>,
-    maps: Mutex<Generations>,
-    kind: PhantomData<fn() -> K>,
+/// What Machines are looked up by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Key<'a> {
+    /// The Machines of namespace `ns` using MachineClass `name`.
+    Class { ns: &'a str, name: &'a str },
+    /// The Machines whose node label names this Node.
+    Node(&'a str),
+    /// The Machines whose providerID names this EC2 instance.
+    Instance(&'a str),
 }
 
-struct Generations {
-    live: Maps,
-    /// Filled during a relist, swapped in at its end.
-    relist: Option<Maps>,
-    /// Keys, names and namespaces, shared by both generations.
-    strings: Interner,
+/// The kinds of [`Key`] kept in the keyed table (Machines are found by
+/// class through [`Tables::classes`]: one key shared by a whole fleet would
+/// crowd a hash table's probe sequence).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Node,
+    Instance,
 }
 
-/// An object by namespace and name, both interned: the index holds one per
-/// object and key, so it keeps them small (a kube `ObjectRef` is ~100 bytes
-/// before its strings).
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct Obj {
-    namespace: Option<Sym>,
-    name: Sym,
+const KINDS: [Kind; 2] = [Kind::Node, Kind::Instance];
+
+/// The key of `kind` that `m` carries, if any.
+fn key_of(kind: Kind, m: &CachedMachine) -> Option<Key<'_>> {
+    match kind {
+        Kind::Node => m.labels().get(NODE_LABEL).map(Key::Node),
+        Kind::Instance => m
+            .spec
+            .provider_id
+            .as_deref()
+            .and_then(instance_id_from_provider_id)
+            .map(Key::Instance),
+    }
 }
 
-/// The objects under one key: almost always one (a Node, an instance), so
-/// one is kept without a set around it.
-enum Refs {
-    One(Obj),
-    Many(HashSet<Obj>),
+/// The class key of `m`.
+fn class_of(m: &CachedMachine) -> (&str, &str) {
+    (
+        m.meta().namespace.as_deref().unwrap_or_default(),
+        &m.spec.class.name,
+    )
+}
+
+/// Every key `m` is found under.
+pub fn keys_of(m: &CachedMachine) -> impl Iterator<Item = Key<'_>> {
+    let (ns, name) = class_of(m);
+    std::iter::once(Key::Class { ns, name })
+        .chain(KINDS.into_iter().filter_map(move |kind| key_of(kind, m)))
+}
+
+/// See the module docs.
+#[derive(Default)]
+pub struct Index {
+    tables: Mutex<Generations>,
+    hasher: RandomState,
 }
 
 #[derive(Default)]
-struct Maps {
-    by_key: HashMap<Sym, Refs>,
-    by_object: HashMap<Obj, Box<[Sym]>>,
+struct Generations {
+    live: Tables,
+    /// Filled during a relist, swapped in at its end.
+    relist: Option<Tables>,
 }
 
-impl Maps {
-    fn remove(&mut self, obj: &Obj) {
-        for key in self.by_object.remove(obj).unwrap_or_default() {
-            let emptied = match self.by_key.get_mut(&key) {
-                Some(Refs::One(o)) => o == obj,
-                Some(Refs::Many(set)) => {
-                    set.remove(obj);
-                    set.is_empty()
-                }
-                None => false,
-            };
-            if emptied {
-                self.by_key.remove(&key);
-            }
-        }
-    }
+#[derive(Default)]
+struct Tables {
+    /// Every indexed Machine, hashed by namespace and name.
+    machines: HashTable<CachedMachine>,
+    /// Each Machine once per Node or instance key it carries, hashed by
+    /// the key.
+    keyed: HashTable<(Kind, CachedMachine)>,
+    /// The Machines of each class, hashed by namespace and class name.
+    classes: HashTable<ClassUsers>,
+}
 
-    fn insert(&mut self, obj: Obj, keys: Box<[Sym]>) {
-        self.remove(&obj);
-        for key in &keys {
-            match self.by_key.get_mut(key) {
-                None => {
-                    self.by_key.insert(key.clone(), Refs::One(obj.clone()));
-                }
-                Some(Refs::One(o)) if *o == obj => {}
-                Some(Refs::One(o)) => {
-                    let set = HashSet::from([o.clone(), obj.clone()]);
-                    self.by_key.insert(key.clone(), Refs::Many(set));
-                }
-                Some(Refs::Many(set)) => {
-                    set.insert(obj.clone());
-                }
-            }
-        }
-        if !keys.is_empty() {
-            self.by_object.insert(obj, keys);
-        }
+/// The Machines using one class.
+struct ClassUsers {
+    ns: Box<str>,
+    name: Box<str>,
+    /// Hashed by namespace and name.
+    machines: HashTable<CachedMachine>,
+}
+
+/// A reference to `m`, as kube's store keys it.
+fn to_ref(m: &CachedMachine) -> ObjectRef<CachedMachine> {
+    let r = ObjectRef::new(&m.name_any());
+    match m.namespace() {
+        Some(ns) => r.within(&ns),
+        None => r,
     }
 }
 
-impl<K> Index<K>
-where
-    K: Lookup<DynamicType = ()> + 'static,
-{
-    pub fn new(keys_of: KeysOf<K>) -> Self {
-        Self {
-            keys_of,
-            maps: Mutex::new(Generations {
-                live: Maps::default(),
-                relist: None,
-                strings: Interner::default(),
-            }),
-            kind: PhantomData,
-        }
+/// Namespace and name of a Machine.
+fn id(m: &CachedMachine) -> (Option<&str>, Option<&str>) {
+    (m.meta().namespace.as_deref(), m.meta().name.as_deref())
+}
+
+impl Index {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn hash(&self, value: impl Hash) -> u64 {
+        self.hasher.hash_one(value)
     }
 
     /// Follows one watch event (call it for every event, before the store
     /// sees it).
-    pub fn observe(&self, event: &Event<K>) {
-        let mut guard = self.maps.lock().unwrap_or_else(|p| p.into_inner());
-        let g = &mut *guard;
+    pub fn observe(&self, event: &Event<CachedMachine>) {
+        let mut g = self.tables.lock().unwrap_or_else(|p| p.into_inner());
         match event {
-            Event::Apply(obj) => {
-                let (o, keys) = self.entry(&mut g.strings, obj);
-                g.live.insert(o, keys);
-            }
-            Event::Delete(obj) => {
-                let o = object(&mut g.strings, obj);
-                g.live.remove(&o);
-            }
-            Event::Init => g.relist = Some(Maps::default()),
-            Event::InitApply(obj) => {
-                let (o, keys) = self.entry(&mut g.strings, obj);
-                g.relist.get_or_insert_with(Maps::default).insert(o, keys);
+            Event::Apply(m) => self.insert(&mut g.live, m),
+            Event::Delete(m) => self.remove(&mut g.live, m),
+            Event::Init => g.relist = Some(Tables::default()),
+            Event::InitApply(m) => {
+                let fresh = g.relist.get_or_insert_with(Tables::default);
+                self.insert(fresh, m);
             }
             Event::InitDone => {
                 if let Some(fresh) = g.relist.take() {
                     g.live = fresh;
-                    g.strings.sweep();
                 }
             }
         }
     }
 
-    fn entry(&self, strings: &mut Interner, obj: &K) -> (Obj, Box<[Sym]>) {
-        let keys = (self.keys_of)(obj)
-            .iter()
-            .map(|k| strings.intern(k))
-            .collect();
-        (object(strings, obj), keys)
-    }
-
-    /// The objects found under `key`.
-    pub fn get(&self, key: &str) -> Vec<ObjectRef<K>> {
-        let g = self.maps.lock().unwrap_or_else(|p| p.into_inner());
-        let to_ref = |o: &Obj| {
-            let r = ObjectRef::new(&o.name);
-            match &o.namespace {
-                Some(ns) => r.within(ns),
-                None => r,
+    /// Takes `m` in place of the Machine of the same name.
+    fn insert(&self, t: &mut Tables, m: &CachedMachine) {
+        self.remove(t, m);
+        let by_id = |e: &CachedMachine| self.hash(id(e));
+        t.machines.insert_unique(by_id(m), m.clone(), by_id);
+        for kind in KINDS {
+            if let Some(key) = key_of(kind, m) {
+                let rehash = |(k, e): &(Kind, CachedMachine)| self.hash(key_of(*k, e));
+                t.keyed
+                    .insert_unique(self.hash(Some(key)), (kind, m.clone()), rehash);
+            }
+        }
+        let class = class_of(m);
+        let users = match t
+            .classes
+            .find_entry(self.hash(class), |u| (&*u.ns, &*u.name) == class)
+        {
+            Ok(found) => found.into_mut(),
+            Err(absent) => {
+                let table = absent.into_table();
+                let users = ClassUsers {
+                    ns: class.0.into(),
+                    name: class.1.into(),
+                    machines: HashTable::new(),
+                };
+                let rehash = |u: &ClassUsers| self.hash((&*u.ns, &*u.name));
+                table
+                    .insert_unique(self.hash(class), users, rehash)
+                    .into_mut()
             }
         };
-        match g.live.by_key.get(key) {
-            None => Vec::new(),
-            Some(Refs::One(o)) => vec![to_ref(o)],
-            Some(Refs::Many(set)) => set.iter().map(to_ref).collect(),
+        users.machines.insert_unique(by_id(m), m.clone(), by_id);
+    }
+
+    /// Drops the Machine named as `m` is, and its keys.
+    fn remove(&self, t: &mut Tables, m: &CachedMachine) {
+        let Ok(found) = t.machines.find_entry(self.hash(id(m)), |e| id(e) == id(m)) else {
+            return;
+        };
+        let (old, _) = found.remove();
+        for kind in KINDS {
+            if let Some(key) = key_of(kind, &old) {
+                let slot = t
+                    .keyed
+                    .find_entry(self.hash(Some(key)), |(k, e)| *k == kind && e.same(&old));
+                if let Ok(slot) = slot {
+                    slot.remove();
+                }
+            }
+        }
+        let class = class_of(&old);
+        if let Ok(mut users) = t
+            .classes
+            .find_entry(self.hash(class), |u| (&*u.ns, &*u.name) == class)
+        {
+            let machines = &mut users.get_mut().machines;
+            if let Ok(slot) = machines.find_entry(self.hash(id(&old)), |e| e.same(&old)) {
+                slot.remove();
+            }
+            if machines.is_empty() {
+                users.remove();
+            }
         }
     }
-}
 
-fn object<K: Lookup<DynamicType = ()>>(strings: &mut Interner, obj: &K) -> Obj {
-    Obj {
-        namespace: obj.namespace().map(|ns| strings.intern(&ns)),
-        name: strings.intern(&obj.name().unwrap_or_default()),
+    /// The Machines found under `key`.
+    pub fn get(&self, key: Key<'_>) -> Vec<ObjectRef<CachedMachine>> {
+        let g = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        let t = &g.live;
+        let found: Vec<&CachedMachine> = match key {
+            Key::Class { ns, name } => t
+                .classes
+                .find(self.hash((ns, name)), |u| (&*u.ns, &*u.name) == (ns, name))
+                .map(|u| u.machines.iter().collect())
+                .unwrap_or_default(),
+            Key::Node(_) | Key::Instance(_) => t
+                .keyed
+                .iter_hash(self.hash(Some(key)))
+                .filter(|(k, m)| key_of(*k, m) == Some(key))
+                .map(|(_, m)| m)
+                .collect(),
+        };
+        found.into_iter().map(to_ref).collect()
     }
-}
 
-/// Index key of the objects naming Node `name`.
-pub fn node_key(name: &str) -> String {
-    format!("node/{name}")
-}
-
-/// Index key of the objects naming EC2 instance `id`.
-pub fn instance_key(id: &str) -> String {
-    format!("instance/{id}")
-}
-
-/// Index key of the Machines using class `name` of namespace `ns`.
-pub fn class_key(ns: &str, name: &str) -> String {
-    format!("class/{ns}/{name}")
-}
-
-/// A Machine is found under its class, its Node (the node label) and its
-/// instance (the ID in its providerID).
-pub fn machine_keys(m: &CachedMachine) -> Vec<String> {
-    let mut keys = vec![class_key(
-        m.meta().namespace.as_deref().unwrap_or_default(),
-        &m.spec.class.name,
-    )];
-    if let Some(node) = m.labels().get(NODE_LABEL) {
-        keys.push(node_key(node));
+    /// How many Machines are indexed.
+    pub fn len(&self) -> usize {
+        let g = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        g.live.machines.len()
     }
-    if let Some(id) = m
-        .spec
-        .provider_id
-        .as_deref()
-        .and_then(instance_id_from_provider_id)
-    {
-        keys.push(instance_key(id));
-    }
-    keys
-}
 
-/// A Node is found under the instance ID of its providerID.
-pub fn node_keys(n: &Node) -> Vec<String> {
-    n.spec
-        .as_ref()
-        .and_then(|s| s.provider_id.as_deref())
-        .and_then(instance_id_from_provider_id)
-        .map(instance_key)
-        .into_iter()
-        .collect()
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 #[cfg(test)]
@@ -260,8 +281,8 @@ mod tests {
     }
 
     #[test]
-    fn finds_machines_by_node_and_instance() {
-        let index = Index::new(machine_keys);
+    fn finds_machines_by_node_instance_and_class() {
+        let index = Index::new();
         index.observe(&Event::Apply(machine(
             "a",
             Some("ip-1"),
@@ -272,60 +293,118 @@ mod tests {
             None,
             Some("aws:///eu-west-1/i-2"),
         )));
-        assert_eq!(names(index.get(&node_key("ip-1"))), ["a"]);
-        assert_eq!(names(index.get(&instance_key("i-1"))), ["a"]);
-        assert_eq!(names(index.get(&instance_key("i-2"))), ["b"]);
-        assert!(index.get(&node_key("ip-2")).is_empty());
-        assert_eq!(names(index.get(&class_key("ns", "c"))), ["a", "b"]);
-        assert!(index.get(&class_key("other", "c")).is_empty());
+        assert_eq!(names(index.get(Key::Node("ip-1"))), ["a"]);
+        assert_eq!(names(index.get(Key::Instance("i-1"))), ["a"]);
+        assert_eq!(names(index.get(Key::Instance("i-2"))), ["b"]);
+        assert!(index.get(Key::Node("ip-2")).is_empty());
+        // A node named like an instance is not the instance.
+        assert!(index.get(Key::Node("i-1")).is_empty());
+        let class = |ns| Key::Class { ns, name: "c" };
+        assert_eq!(names(index.get(class("ns"))), ["a", "b"]);
+        assert!(index.get(class("other")).is_empty());
+        let found = index.get(Key::Node("ip-1"));
+        assert_eq!(found[0].namespace.as_deref(), Some("ns"));
+        assert_eq!(index.len(), 2);
     }
 
     #[test]
     fn an_update_moves_keys_and_a_delete_drops_them() {
-        let index = Index::new(machine_keys);
+        let index = Index::new();
         index.observe(&Event::Apply(machine("a", Some("ip-1"), None)));
         index.observe(&Event::Apply(machine("a", Some("ip-2"), None)));
-        assert!(index.get(&node_key("ip-1")).is_empty());
-        assert_eq!(names(index.get(&node_key("ip-2"))), ["a"]);
-        index.observe(&Event::Delete(machine("a", Some("ip-2"), None)));
-        assert!(index.get(&node_key("ip-2")).is_empty());
+        assert!(index.get(Key::Node("ip-1")).is_empty());
+        assert_eq!(names(index.get(Key::Node("ip-2"))), ["a"]);
+        assert_eq!(index.len(), 1);
+        // A delete drops the keys the index holds, whatever the deleted
+        // object's last state says.
+        index.observe(&Event::Delete(machine("a", Some("ip-3"), None)));
+        assert!(index.get(Key::Node("ip-2")).is_empty());
+        assert!(
+            index
+                .get(Key::Class {
+                    ns: "ns",
+                    name: "c"
+                })
+                .is_empty()
+        );
+        assert!(index.is_empty());
     }
 
     #[test]
     fn a_relist_replaces_everything_at_its_end() {
-        let index = Index::new(machine_keys);
+        let index = Index::new();
         index.observe(&Event::Apply(machine("gone", Some("ip-1"), None)));
         index.observe(&Event::Init);
         index.observe(&Event::InitApply(machine("kept", Some("ip-2"), None)));
         // Until the relist ends, lookups answer from the old generation.
-        assert_eq!(names(index.get(&node_key("ip-1"))), ["gone"]);
-        assert!(index.get(&node_key("ip-2")).is_empty());
+        assert_eq!(names(index.get(Key::Node("ip-1"))), ["gone"]);
+        assert!(index.get(Key::Node("ip-2")).is_empty());
         index.observe(&Event::InitDone);
-        assert!(index.get(&node_key("ip-1")).is_empty());
-        assert_eq!(names(index.get(&node_key("ip-2"))), ["kept"]);
+        assert!(index.get(Key::Node("ip-1")).is_empty());
+        assert_eq!(names(index.get(Key::Node("ip-2"))), ["kept"]);
     }
 
     #[test]
     fn two_machines_on_one_node_are_both_found() {
-        let index = Index::new(machine_keys);
+        let index = Index::new();
         index.observe(&Event::Apply(machine("a", Some("ip-1"), None)));
         index.observe(&Event::Apply(machine("b", Some("ip-1"), None)));
-        assert_eq!(names(index.get(&node_key("ip-1"))), ["a", "b"]);
+        assert_eq!(names(index.get(Key::Node("ip-1"))), ["a", "b"]);
         index.observe(&Event::Delete(machine("a", Some("ip-1"), None)));
-        assert_eq!(names(index.get(&node_key("ip-1"))), ["b"]);
+        assert_eq!(names(index.get(Key::Node("ip-1"))), ["b"]);
     }
 
     #[test]
-    fn nodes_are_found_by_the_instance_in_their_provider_id() {
-        let index = Index::new(node_keys);
-        let node: Node = serde_json::from_value(json!({
-            "metadata": {"name": "ip-1"},
-            "spec": {"providerID": "aws:///eu-west-1a/i-9"}
-        }))
-        .unwrap();
-        index.observe(&Event::Apply(node));
-        let found = index.get(&instance_key("i-9"));
-        assert_eq!(found.len(), 1);
-        assert_eq!(found[0].name, "ip-1");
+    fn many_machines_stay_findable_as_the_tables_grow_and_shrink() {
+        let index = Index::new();
+        let node = |i: usize| format!("ip-{}", i % 500);
+        let provider = |i: usize| format!("aws:///eu-west-1/i-{i:017x}");
+        for i in 0..5000 {
+            index.observe(&Event::Apply(machine(
+                &format!("m-{i}"),
+                Some(&node(i)),
+                Some(&provider(i)),
+            )));
+        }
+        for i in (0..5000).step_by(2) {
+            index.observe(&Event::Delete(machine(&format!("m-{i}"), None, None)));
+        }
+        assert_eq!(index.len(), 2500);
+        for i in 0..5000 {
+            let by_instance = names(index.get(Key::Instance(&format!("i-{i:017x}"))));
+            let want: Vec<String> = if i % 2 == 1 {
+                vec![format!("m-{i}")]
+            } else {
+                vec![]
+            };
+            assert_eq!(by_instance, want, "instance of m-{i}");
+        }
+        // ip-1 is named by the ten odd Machines i = 1 (mod 500); those of
+        // ip-2 were all deleted.
+        assert_eq!(index.get(Key::Node("ip-1")).len(), 10);
+        assert!(index.get(Key::Node("ip-2")).is_empty());
+        let all = index.get(Key::Class {
+            ns: "ns",
+            name: "c",
+        });
+        assert_eq!(all.len(), 2500);
+    }
+
+    #[test]
+    fn the_keys_of_a_machine() {
+        let m = machine("a", Some("ip-1"), Some("aws:///eu-west-1/i-1"));
+        let keys: Vec<Key> = keys_of(&m).collect();
+        assert_eq!(
+            keys,
+            [
+                Key::Class {
+                    ns: "ns",
+                    name: "c"
+                },
+                Key::Node("ip-1"),
+                Key::Instance("i-1")
+            ]
+        );
+        assert_eq!(m.name_any(), "a");
     }
 }

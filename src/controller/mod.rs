@@ -41,6 +41,7 @@ use reads::Reads;
 
 use crate::api::machine_class::MachineClass;
 use crate::aws::clients::Ec2Clients;
+use crate::aws::instances::instance_id_from_provider_id;
 use crate::health::Health;
 use crate::metrics::Metrics;
 
@@ -58,13 +59,20 @@ where
 /// Machines that a Node event concerns (by `node` label or instance ID).
 /// The Machines a Node event concerns: those naming it in their node label
 /// or naming its instance in their providerID (an index lookup).
-fn machines_of_node(index: &Index<CachedMachine>, node: &Node) -> Vec<ObjectRef<CachedMachine>> {
-    let mut found = index.get(&index::node_key(&node.name_any()));
-    for key in index::node_keys(node) {
-        for m in index.get(&key) {
-            if !found.contains(&m) {
-                found.push(m);
-            }
+fn machines_of_node(index: &Index, node: &Node) -> Vec<ObjectRef<CachedMachine>> {
+    let name = node.name_any();
+    let mut found = index.get(index::Key::Node(&name));
+    let instance = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.provider_id.as_deref())
+        .and_then(instance_id_from_provider_id);
+    for m in instance
+        .map(|id| index.get(index::Key::Instance(id)))
+        .unwrap_or_default()
+    {
+        if !found.contains(&m) {
+            found.push(m);
         }
     }
     found

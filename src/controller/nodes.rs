@@ -8,8 +8,9 @@
 //! This cache keeps, per Node, only the fields in [`trim_node`], with every
 //! string interned (a fleet's Nodes share almost all of theirs: label keys,
 //! most label values, condition reasons and messages), and builds a `Node`
-//! when a reconcile asks for one. Lookups by name; the instance-ID index is
-//! [`super::index`].
+//! when a reconcile asks for one. Lookups by name, and by the instance ID
+//! in the providerID ([`Nodes::with_instance`], from a table of the Node's
+//! own interned strings: 16 bytes a Node).
 //!
 //! It follows the watcher's relist protocol as kube's store does: a relist
 //! fills a new generation that replaces the old one at its end. What a
@@ -17,13 +18,17 @@
 //! a first list announces every Node.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, RwLock};
+
+use hashbrown::HashTable;
 
 use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::runtime::watcher::Event;
 use tokio::sync::watch;
 
+use crate::aws::instances::instance_id_from_provider_id;
 use crate::intern::{IStr, Interner};
 
 /// The cache's strings: thin (8 bytes a field), interned in its own
@@ -38,10 +43,62 @@ pub struct Nodes {
 
 #[derive(Default)]
 struct State {
-    live: HashMap<Sym, Compact>,
+    live: Generation,
     /// The generation a relist is filling; swapped in at its end.
-    relist: Option<HashMap<Sym, Compact>>,
+    relist: Option<Generation>,
     strings: Interner<Sym>,
+    hasher: RandomState,
+}
+
+/// The Nodes of one list, by name and by instance.
+#[derive(Default)]
+struct Generation {
+    nodes: HashMap<Sym, Compact>,
+    /// (providerID, name) of each Node with an instance ID in its
+    /// providerID, hashed by that ID.
+    by_instance: HashTable<(Sym, Sym)>,
+}
+
+impl Generation {
+    fn insert(&mut self, hasher: &RandomState, c: Compact) {
+        self.remove(hasher, &c.name);
+        if let Some(provider) = &c.provider_id
+            && let Some(id) = instance_id_from_provider_id(provider)
+        {
+            let rehash = |(p, _): &(Sym, Sym)| hasher.hash_one(instance_id_from_provider_id(p));
+            let entry = (provider.clone(), c.name.clone());
+            self.by_instance
+                .insert_unique(hasher.hash_one(Some(id)), entry, rehash);
+        }
+        self.nodes.insert(c.name.clone(), c);
+    }
+
+    fn remove(&mut self, hasher: &RandomState, name: &str) -> Option<Compact> {
+        let old = self.nodes.remove(name)?;
+        if let Some(id) = old
+            .provider_id
+            .as_deref()
+            .and_then(instance_id_from_provider_id)
+            && let Ok(slot) = self
+                .by_instance
+                .find_entry(hasher.hash_one(Some(id)), |(_, n)| **n == *name)
+        {
+            slot.remove();
+        }
+        Some(old)
+    }
+
+    /// Names of the Nodes whose providerID names instance `id`.
+    fn with_instance<'a>(
+        &'a self,
+        hasher: &RandomState,
+        id: &'a str,
+    ) -> impl Iterator<Item = &'a Compact> {
+        self.by_instance
+            .iter_hash(hasher.hash_one(Some(id)))
+            .filter(move |(p, _)| instance_id_from_provider_id(p) == Some(id))
+            .filter_map(|(_, name)| self.nodes.get(name))
+    }
 }
 
 /// What a watch event means for subscribers: Nodes to hand them as they
@@ -98,7 +155,15 @@ impl Nodes {
     /// The Node named `name`, as [`trim_node`] leaves it.
     pub fn get(&self, name: &str) -> Option<Arc<Node>> {
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
-        state.live.get(name).map(|c| Arc::new(c.rebuild()))
+        state.live.nodes.get(name).map(|c| Arc::new(c.rebuild()))
+    }
+
+    /// The Node whose providerID names EC2 instance `id` (the kubelet writes
+    /// the zone there, the operator the Region: only the ID is compared).
+    pub fn with_instance(&self, id: &str) -> Option<Arc<Node>> {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let mut found = state.live.with_instance(&state.hasher, id);
+        found.next().map(|c| Arc::new(c.rebuild()))
     }
 
     /// How many Nodes are cached.
@@ -107,6 +172,7 @@ impl Nodes {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .live
+            .nodes
             .len()
     }
 
@@ -126,31 +192,31 @@ impl Nodes {
         match event {
             Event::Apply(node) => {
                 let c = Compact::of(&mut state.strings, &node);
-                state.live.insert(c.name.clone(), c);
+                state.live.insert(&state.hasher, c);
                 announce_node(node)
             }
             Event::Delete(node) => {
                 let name = node.metadata.name.as_deref().unwrap_or_default();
-                state.live.remove(name);
+                state.live.remove(&state.hasher, name);
                 announce_node(node)
             }
             Event::Init => {
-                state.relist = Some(HashMap::new());
+                state.relist = Some(Generation::default());
                 Announce::default()
             }
             Event::InitApply(node) => {
                 let c = Compact::of(&mut state.strings, &node);
                 state
                     .relist
-                    .get_or_insert_with(HashMap::new)
-                    .insert(c.name.clone(), c);
+                    .get_or_insert_with(Generation::default)
+                    .insert(&state.hasher, c);
                 Announce::default()
             }
             Event::InitDone => {
                 let fresh = state.relist.take().unwrap_or_default();
-                let old = std::mem::replace(&mut state.live, fresh);
+                let old = std::mem::replace(&mut state.live, fresh).nodes;
                 let mut out = Announce::default();
-                for (name, c) in &state.live {
+                for (name, c) in &state.live.nodes {
                     let same = old
                         .get(name)
                         .is_some_and(|o| o.resource_version == c.resource_version);
@@ -159,7 +225,7 @@ impl Nodes {
                     }
                 }
                 for (name, c) in old {
-                    if !state.live.contains_key(&name) {
+                    if !state.live.nodes.contains_key(&name) {
                         out.nodes.push(Arc::new(c.rebuild()));
                     }
                 }
@@ -406,6 +472,56 @@ mod tests {
         trim_node(&mut want);
         nodes.apply(Event::Apply(bare));
         assert_eq!(*nodes.get("bare").unwrap(), want);
+    }
+
+    #[test]
+    fn nodes_are_found_by_the_instance_in_their_provider_id() {
+        let nodes = Nodes::default();
+        let with = |name: &str, provider: Option<&str>| -> Node {
+            let mut n = real_node(name, "1");
+            n.spec.as_mut().unwrap().provider_id = provider.map(str::to_string);
+            n
+        };
+        nodes.apply(Event::Apply(with("ip-1", Some("aws:///eu-west-1a/i-1"))));
+        nodes.apply(Event::Apply(with("ip-2", Some("aws:///eu-west-1b/i-2"))));
+        nodes.apply(Event::Apply(with("bare", None)));
+        let name = |id: &str| -> Option<String> {
+            nodes
+                .with_instance(id)
+                .and_then(|n| n.metadata.name.clone())
+        };
+        assert_eq!(name("i-1").as_deref(), Some("ip-1"));
+        assert_eq!(name("i-2").as_deref(), Some("ip-2"));
+        assert_eq!(name("i-3"), None);
+        // A new providerID moves the Node; a delete drops it.
+        nodes.apply(Event::Apply(with("ip-1", Some("aws:///eu-west-1a/i-3"))));
+        assert_eq!(name("i-1"), None);
+        assert_eq!(name("i-3").as_deref(), Some("ip-1"));
+        nodes.apply(Event::Delete(with("ip-2", None)));
+        assert_eq!(name("i-2"), None);
+        // A relist answers from the old generation until its end.
+        nodes.apply(Event::Init);
+        nodes.apply(Event::InitApply(with(
+            "ip-9",
+            Some("aws:///eu-west-1a/i-9"),
+        )));
+        assert_eq!(name("i-3").as_deref(), Some("ip-1"));
+        assert_eq!(name("i-9"), None);
+        nodes.apply(Event::InitDone);
+        assert_eq!(name("i-3"), None);
+        assert_eq!(name("i-9").as_deref(), Some("ip-9"));
+        // Many Nodes: each is found under its own instance.
+        for i in 0..3000 {
+            let provider = format!("aws:///eu-west-1a/i-{i:017x}");
+            nodes.apply(Event::Apply(with(&format!("n-{i}"), Some(&provider))));
+        }
+        for i in (0..3000).step_by(3) {
+            nodes.apply(Event::Delete(with(&format!("n-{i}"), None)));
+        }
+        for i in 0..3000 {
+            let want = (i % 3 != 0).then(|| format!("n-{i}"));
+            assert_eq!(name(&format!("i-{i:017x}")), want);
+        }
     }
 
     #[test]

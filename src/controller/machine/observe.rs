@@ -28,7 +28,6 @@ use crate::controller::error::Result;
 use crate::controller::events::publish;
 use crate::controller::fleet::drift::CONDITION_DRIFTED;
 use crate::controller::fleet::replacement;
-use crate::controller::index;
 use crate::controller::status;
 use crate::intern::IStr;
 
@@ -36,13 +35,7 @@ use crate::intern::IStr;
 /// providerID (the kubelet writes the zone there, we write the region) or on
 /// its name, never on the whole providerID string.
 pub(super) fn node_for(ctx: &Context, m: &Machine, i: &InstanceInfo) -> Option<Arc<Node>> {
-    let by_instance = ctx
-        .node_index
-        .get(&index::instance_key(&i.id))
-        .into_iter()
-        .filter_map(|r| ctx.nodes.get(&r.name))
-        .find(|n| node_instance(n) == Some(i.id.as_str()));
-    by_instance.or_else(|| {
+    ctx.nodes.with_instance(&i.id).or_else(|| {
         // A Node without providerID (not yet set by the kubelet) is taken by
         // the machine's node label or the instance's private DNS name.
         [
