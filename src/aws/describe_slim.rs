@@ -10,12 +10,17 @@
 //! calls, rewrites a successful answer to those elements ([`slim`]) before
 //! the SDK's deserializer sees it: the same XML, minus what nobody reads.
 //! It slims the answer piece by piece as it arrives, so the full answer is
-//! never held either. An answer that is not well-formed XML fails the call
-//! (as the SDK's parser would: a Transient error naming it); error answers
-//! are not touched (their codes and messages are the SDK's to read).
+//! never held either. The slimmed answer is then read into
+//! `InstanceInfo`s by [`super::describe_page`] (the SDK's model of even the
+//! slimmed page was 4.9 MB for 1,000 instances), left in the interceptor's
+//! [`PageSlot`] for the caller, and the SDK gets an empty answer (it reads
+//! the request ID from the headers). An answer that is not well-formed XML fails the call (as the
+//! SDK's parser would: a Transient error naming it); error answers are not
+//! touched (their codes and messages are the SDK's to read).
 
 use std::ops::Range;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
 use aws_sdk_ec2::config::interceptors::BeforeDeserializationInterceptorContextMut;
@@ -24,6 +29,8 @@ use aws_smithy_types::body::SdkBody;
 use bytes::Bytes;
 use http_body::{Body, Frame};
 use xmlparser::{ElementEnd, Token, Tokenizer};
+
+use super::describe_page::{self, Page};
 
 /// Which children of an element are kept: all of them and their content
 /// ([`Keep::All`]), or the listed ones, each with its own rule.
@@ -266,11 +273,29 @@ impl Slimmer {
     }
 }
 
+/// Where [`SlimDescribe`] leaves the page it read from a successful answer.
+pub type PageSlot = Arc<Mutex<Option<Page>>>;
+
 /// The interceptor: installed per DescribeInstances request
-/// (`.customize().interceptor(SlimDescribe)`), it wraps a 200 answer's body
-/// in one that hands the SDK [`slim`]'s version of it.
-#[derive(Debug)]
-pub struct SlimDescribe;
+/// (`.customize().interceptor(slim)`), it wraps a 2xx answer's body in one
+/// that slims it, reads the instances into its [`PageSlot`] and hands the
+/// SDK an empty answer.
+#[derive(Debug, Default)]
+pub struct SlimDescribe {
+    page: PageSlot,
+}
+
+impl SlimDescribe {
+    /// The slot the page will be in once the call succeeded.
+    pub fn slot(&self) -> PageSlot {
+        self.page.clone()
+    }
+}
+
+/// Takes the page out of `slot`.
+pub fn take_page(slot: &PageSlot) -> Option<Page> {
+    slot.lock().unwrap_or_else(|p| p.into_inner()).take()
+}
 
 impl Intercept for SlimDescribe {
     fn name(&self) -> &'static str {
@@ -286,32 +311,46 @@ impl Intercept for SlimDescribe {
         let response = context.response_mut();
         if response.status().is_success() {
             let inner = response.take_body();
-            *response.body_mut() = SdkBody::from_body_1_x(SlimBody::new(inner));
+            let body = SlimBody::new(inner, self.page.clone());
+            *response.body_mut() = SdkBody::from_body_1_x(body);
         }
         Ok(())
     }
 }
 
-/// Slims the answer as it arrives, then yields the slimmed answer as one
-/// frame, or an error when the answer was not well-formed XML.
+/// Slims the answer as it arrives; at its end reads the page into the slot
+/// and yields an empty answer as one frame, or an error when the answer was
+/// not well-formed XML of the expected shape.
 struct SlimBody {
     inner: SdkBody,
-    /// `None` once the slimmed answer was handed on.
+    /// `None` once the answer was read.
     slimmer: Option<Slimmer>,
+    slot: PageSlot,
 }
 
 impl SlimBody {
-    fn new(inner: SdkBody) -> Self {
+    fn new(inner: SdkBody, slot: PageSlot) -> Self {
         Self {
             inner,
             slimmer: Some(Slimmer::default()),
+            slot,
         }
+    }
+
+    /// Reads the slimmed answer into the slot; the SDK's answer.
+    fn hand_on(&self, slimmed: &str) -> Option<Bytes> {
+        let page = describe_page::read(slimmed).ok()?;
+        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(page);
+        Some(Bytes::from_static(EMPTY_ANSWER))
     }
 }
 
+/// What the SDK is handed once the page is in the slot.
+const EMPTY_ANSWER: &[u8] = b"<DescribeInstancesResponse></DescribeInstancesResponse>";
+
 /// A DescribeInstances answer that could not be slimmed.
 #[derive(Debug, thiserror::Error)]
-#[error("the DescribeInstances answer is not well-formed XML")]
+#[error("the DescribeInstances answer is not well-formed XML of the expected shape")]
 struct NotXml;
 
 impl Body for SlimBody {
@@ -336,8 +375,8 @@ impl Body for SlimBody {
                 Some(Err(e)) => return Poll::Ready(Some(Err(e))),
                 None => {
                     let slimmed = this.slimmer.take().and_then(Slimmer::finish);
-                    let frame = match slimmed {
-                        Some(s) => Ok(Frame::data(Bytes::from(s))),
+                    let frame = match slimmed.and_then(|s| this.hand_on(&s)) {
+                        Some(answer) => Ok(Frame::data(answer)),
                         None => Err(NotXml.into()),
                     };
                     return Poll::Ready(Some(frame));
@@ -407,6 +446,59 @@ mod tests {
     <nextToken>page-2</nextToken>
 </DescribeInstancesResponse>"#;
 
+    /// Two reservations, three instances, and what is unusual in EC2's
+    /// answers: empty and missing elements, entities, an interface without
+    /// attachment or device index, a tag without a value, a stateReason with
+    /// only a code, an empty transition reason, no next token.
+    const EDGES: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<DescribeInstancesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">
+    <requestId>req-&lt;2&gt;</requestId>
+    <reservationSet>
+        <item>
+            <reservationId>r-1</reservationId>
+            <instancesSet>
+                <item>
+                    <instanceId>i-a</instanceId>
+                    <instanceState><code>0</code><name>pending</name></instanceState>
+                    <privateDnsName></privateDnsName>
+                    <reason/>
+                    <instanceType>m5.large</instanceType>
+                    <stateReason><code>pending</code></stateReason>
+                    <tagSet>
+                        <item><key>a&amp;b</key><value>&quot;x&quot; &#65;</value></item>
+                        <item><key>only-key</key></item>
+                        <item><value>no key</value></item>
+                    </tagSet>
+                    <networkInterfaceSet>
+                        <item><networkInterfaceId>eni-detached</networkInterfaceId></item>
+                        <item><networkInterfaceId>eni-nodevice</networkInterfaceId><attachment><networkCardIndex>1</networkCardIndex></attachment></item>
+                        <item><attachment><deviceIndex>2</deviceIndex></attachment><ipv6PrefixSet><item><ipv6Prefix>a::/80</ipv6Prefix></item><item><ipv6Prefix>b::/80</ipv6Prefix></item></ipv6PrefixSet></item>
+                    </networkInterfaceSet>
+                </item>
+                <item>
+                    <instanceId>i-b</instanceId>
+                    <instanceState><name>shutting-down</name></instanceState>
+                    <reason>Service initiated</reason>
+                    <ipAddress>54.0.0.1</ipAddress>
+                    <dnsName>ec2-54-0-0-1.compute.amazonaws.com</dnsName>
+                    <placement><availabilityZone>eu-west-1b</availabilityZone></placement>
+                    <sourceDestCheck>true</sourceDestCheck>
+                    <tagSet/>
+                </item>
+            </instancesSet>
+        </item>
+        <item>
+            <instancesSet>
+                <item>
+                    <instanceId>i-c</instanceId>
+                    <instanceState><name>something-new</name></instanceState>
+                    <amiLaunchIndex>0</amiLaunchIndex>
+                </item>
+            </instancesSet>
+        </item>
+    </reservationSet>
+</DescribeInstancesResponse>"#;
+
     #[test]
     fn keeps_what_the_operator_reads_and_nothing_else() {
         let got = slim(ANSWER).expect("well-formed");
@@ -468,13 +560,19 @@ mod tests {
         }
     }
 
-    /// What the SDK reads from `xml`, with or without the interceptor: the
-    /// instances, the next token and (to tell the two apart) the first
-    /// instance's image, which the operator does not read.
+    /// What the operator reads from `xml`: with the interceptor, the page
+    /// in its slot; without, the SDK's model of the whole answer. Also the
+    /// request ID (from the headers: none here) and, to tell the two apart,
+    /// the first instance's image, which the operator does not read.
     async fn read(
         xml: &'static str,
         slimmed: bool,
-    ) -> (Vec<InstanceInfo>, Option<String>, Option<String>) {
+    ) -> (
+        Vec<InstanceInfo>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    ) {
         let config = aws_sdk_ec2::Config::builder()
             .behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest())
             .region(aws_sdk_ec2::config::Region::new("eu-west-1"))
@@ -485,30 +583,45 @@ mod tests {
             .build();
         let client = aws_sdk_ec2::Client::from_conf(config);
         let request = client.describe_instances();
-        let page = if slimmed {
-            request.customize().interceptor(SlimDescribe).send().await
-        } else {
-            request.send().await
+        let request_id =
+            |out: &aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput| {
+                use aws_sdk_ec2::operation::RequestId;
+                out.request_id().map(str::to_string)
+            };
+        if slimmed {
+            let slim = SlimDescribe::default();
+            let slot = slim.slot();
+            let out = request.customize().interceptor(slim).send().await;
+            let out = out.expect("parsed");
+            assert!(out.reservations().is_empty(), "the SDK sees no instances");
+            let page = take_page(&slot).expect("a page in the slot");
+            return (page.instances, page.next_token, request_id(&out), None);
         }
-        .expect("parsed");
-        let image = page.reservations()[0].instances()[0].image_id();
+        let out = request.send().await.expect("parsed");
+        let image = out.reservations()[0].instances()[0].image_id();
         let image = image.map(str::to_string);
-        let instances = page
+        let instances = out
             .reservations()
             .iter()
             .flat_map(|r| r.instances())
             .map(InstanceInfo::from)
             .collect();
-        (instances, page.next_token().map(str::to_string), image)
+        (
+            instances,
+            out.next_token().map(str::to_string),
+            request_id(&out),
+            image,
+        )
     }
 
     #[tokio::test]
-    async fn the_sdk_reads_from_the_slimmed_answer_what_it_read_from_the_whole() {
-        let (instances, next, image) = read(ANSWER, false).await;
+    async fn the_page_read_from_the_slimmed_answer_is_what_the_sdk_read_from_the_whole() {
+        let (instances, next, request_id, image) = read(ANSWER, false).await;
         let slimmed = read(ANSWER, true).await;
         assert_eq!(image.as_deref(), Some("ami-1"));
-        assert_eq!(slimmed.2, None, "the interceptor ran");
+        assert_eq!(slimmed.3, None, "the interceptor ran");
         assert_eq!((&slimmed.0, &slimmed.1), (&instances, &next));
+        assert_eq!(slimmed.2, request_id);
         assert_eq!(next.as_deref(), Some("page-2"));
         let i = &instances[0];
         assert_eq!(i.id, "i-1");
@@ -519,17 +632,54 @@ mod tests {
         assert_eq!(i.state_reason.as_deref(), Some("a & b"));
     }
 
-    async fn through_the_body(pieces: Vec<&'static [u8]>) -> Result<Vec<u8>, String> {
+    #[tokio::test]
+    async fn edge_cases_read_as_the_sdk_reads_them() {
+        let (instances, next, request_id, _) = read(EDGES, false).await;
+        let slimmed = read(EDGES, true).await;
+        assert_eq!((&slimmed.0, &slimmed.1), (&instances, &next));
+        assert_eq!(slimmed.2, request_id);
+        assert_eq!(next, None);
+        let ids: Vec<&str> = instances.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["i-a", "i-b", "i-c"]);
+        let a = &instances[0];
+        assert_eq!(a.tags.get("a&b"), Some("\"x\" A"));
+        assert_eq!(a.tags.get("only-key"), Some(""));
+        assert_eq!(a.state_reason.as_deref(), Some("pending"));
+        assert_eq!(a.private_dns_name, None);
+        assert_eq!(a.post_launch.interfaces.len(), 1);
+        assert_eq!(a.post_launch.interfaces[0].ipv6_prefixes, 2);
+        assert_eq!(
+            instances[1].state_reason.as_deref(),
+            Some("Service initiated")
+        );
+        assert_eq!(instances[2].launch_index, Some(0));
+    }
+
+    #[tokio::test]
+    async fn an_answer_the_sdk_would_refuse_is_refused() {
+        // Well-formed, but not a number where EC2 sends one.
+        const BAD: &str = "<DescribeInstancesResponse><reservationSet><item><instancesSet>\
+            <item><instanceId>i-1</instanceId><amiLaunchIndex>one</amiLaunchIndex></item>\
+            </instancesSet></item></reservationSet></DescribeInstancesResponse>";
+        let refused = Err(NotXml.to_string());
+        assert_eq!(through_the_body(vec![BAD.as_bytes()]).await, refused);
+        assert_eq!(through_the_body(vec![b"<Other/>"]).await, refused);
+    }
+
+    async fn through_the_body(
+        pieces: Vec<&'static [u8]>,
+    ) -> Result<(Vec<u8>, Option<Page>), String> {
         let inner = futures::stream::iter(
             pieces
                 .into_iter()
                 .map(|p| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(p)))),
         );
         let inner = SdkBody::from_body_1_x(http_body_util::StreamBody::new(inner));
-        let body = SdkBody::from_body_1_x(SlimBody::new(inner));
+        let slot = PageSlot::default();
+        let body = SdkBody::from_body_1_x(SlimBody::new(inner, slot.clone()));
         let read = aws_smithy_types::byte_stream::ByteStream::new(body).collect();
         match read.await {
-            Ok(bytes) => Ok(bytes.into_bytes().to_vec()),
+            Ok(bytes) => Ok((bytes.into_bytes().to_vec(), take_page(&slot))),
             Err(e) => Err(format!("{}", std::error::Error::source(&e).unwrap_or(&e))),
         }
     }
@@ -554,10 +704,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_body_hands_on_the_slimmed_answer_or_fails() {
+    async fn the_body_leaves_the_page_and_hands_on_the_request_id_or_fails() {
         let (head, tail) = ANSWER.as_bytes().split_at(1000);
-        let got = through_the_body(vec![head, tail]).await;
-        assert_eq!(got, Ok(slim(ANSWER).unwrap().into_bytes()));
+        let (answer, page) = through_the_body(vec![head, tail]).await.unwrap();
+        assert_eq!(answer, EMPTY_ANSWER);
+        let page = page.expect("the page");
+        assert_eq!(page, describe_page::read(&slim(ANSWER).unwrap()).unwrap());
+        assert_eq!(page.instances.len(), 1);
         let refused = Err(NotXml.to_string());
         assert_eq!(through_the_body(vec![b"not xml"]).await, refused);
         assert_eq!(through_the_body(vec![b"<a>", b"</b>"]).await, refused);

@@ -23,7 +23,7 @@ use aws_sdk_ec2::types::{Filter, Instance};
 use k8s_openapi::api::core::v1::NodeAddress;
 
 use super::clients::{ClientKey, Ec2Handle};
-use super::describe_slim::SlimDescribe;
+use super::describe_slim::{SlimDescribe, take_page};
 use super::errors::{Ec2Error, ErrorClass};
 use super::instance_tags::InstanceTags;
 use super::launch::PostLaunchState;
@@ -42,7 +42,7 @@ pub enum InstanceState {
 }
 
 impl InstanceState {
-    fn parse(s: &str) -> Self {
+    pub(crate) fn parse(s: &str) -> Self {
         match s {
             "pending" => Self::Pending,
             "running" => Self::Running,
@@ -208,9 +208,10 @@ pub async fn describe(
 }
 
 /// [`describe`], handing each instance to `each` as its page arrives: a
-/// page (slimmed to what [`InstanceInfo`] reads before the SDK parses it,
-/// [`SlimDescribe`]) is gone before the next is asked for, and the caller
-/// need not hold every instance twice.
+/// page (slimmed to what [`InstanceInfo`] reads and read into
+/// `InstanceInfo`s as it arrives, [`SlimDescribe`]; the SDK's model of it is
+/// never built) is gone before the next is asked for, and the caller need
+/// not hold every instance twice.
 async fn describe_each(
     handle: &Ec2Handle,
     filters: Vec<Filter>,
@@ -226,20 +227,33 @@ async fn describe_each(
             .set_instance_ids((!ids.is_empty()).then(|| ids.clone()))
             .set_max_results(ids.is_empty().then_some(1000))
             .set_next_token(token.take());
-        let send = req.customize().interceptor(SlimDescribe).send();
-        let page = if filters.is_empty() && !ids.is_empty() {
+        let slim = SlimDescribe::default();
+        let slot = slim.slot();
+        let send = req.customize().interceptor(slim).send();
+        let out = if filters.is_empty() && !ids.is_empty() {
             handle.call("DescribeInstances", send).await?
         } else {
             handle.call_filtered("DescribeInstances", send).await?
         };
-        for r in page.reservations() {
-            r.instances()
-                .iter()
-                .map(InstanceInfo::from)
-                .for_each(&mut each);
-        }
-        match page.next_token() {
-            Some(t) if !t.is_empty() => token = Some(t.to_string()),
+        // The interceptor read the instances; the SDK's answer holds them
+        // only if it did not run.
+        let next = match take_page(&slot) {
+            Some(page) => {
+                page.instances.into_iter().for_each(&mut each);
+                page.next_token
+            }
+            None => {
+                for r in out.reservations() {
+                    r.instances()
+                        .iter()
+                        .map(InstanceInfo::from)
+                        .for_each(&mut each);
+                }
+                out.next_token().map(str::to_string)
+            }
+        };
+        match next {
+            Some(t) if !t.is_empty() => token = Some(t),
             _ => return Ok(()),
         }
     }

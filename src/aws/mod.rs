@@ -7,6 +7,7 @@ pub mod bucket_override;
 pub mod clients;
 pub mod credential_policy;
 pub mod credentials;
+pub mod describe_page;
 pub mod describe_slim;
 pub mod errors;
 pub mod iam_policy;
