@@ -8,8 +8,9 @@
 //! a repeat costs a pointer. An [`Interner`] belongs to one cache and is
 //! used under that cache's lock; [`IStr`], for API fields deserialized
 //! anywhere (a Machine's conditions), shares one process-wide interner and
-//! is a thin pointer (8 bytes, not 16: a Machine's seven conditions hold 28
-//! of them), at the price of a second allocation per distinct string.
+//! is a thin pointer to one allocation holding count, length and text
+//! (`arcstr`'s `ArcStr`: 8 bytes, not 16 — a Machine's seven conditions
+//! hold 28 of them — and one allocation per distinct string, not two).
 //! Strings no object holds any more are swept out once the set has doubled
 //! since the last sweep, which keeps its size within twice what is in use.
 
@@ -19,6 +20,8 @@ use std::fmt;
 use std::hash::Hash;
 use std::ops::Deref;
 use std::sync::{Arc, LazyLock, Mutex};
+
+use arcstr::ArcStr;
 
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -60,7 +63,7 @@ impl Shareable for Sym {
 
 /// The thin shared string behind [`IStr`].
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct Thin(Arc<Box<str>>);
+struct Thin(ArcStr);
 
 impl Borrow<str> for Thin {
     fn borrow(&self) -> &str {
@@ -70,10 +73,11 @@ impl Borrow<str> for Thin {
 
 impl Shareable for Thin {
     fn new(s: &str) -> Self {
-        Thin(Arc::new(Box::from(s)))
+        Thin(ArcStr::from(s))
     }
     fn holders(&self) -> usize {
-        Arc::strong_count(&self.0)
+        // `None` only for literals, which the interner never makes.
+        ArcStr::strong_count(&self.0).unwrap_or(usize::MAX)
     }
 }
 
@@ -266,7 +270,7 @@ mod tests {
     fn an_istr_is_a_plain_string_on_the_wire_and_shared_in_memory() {
         let a: IStr = serde_json::from_str("\"KubeletReady\"").unwrap();
         let b = IStr::from("KubeletReady");
-        assert!(Arc::ptr_eq(&a.0.0, &b.0.0));
+        assert!(ArcStr::ptr_eq(&a.0.0, &b.0.0));
         assert_eq!(std::mem::size_of::<Option<IStr>>(), 8);
         assert_eq!(a, "KubeletReady");
         assert_eq!(serde_json::to_string(&a).unwrap(), "\"KubeletReady\"");

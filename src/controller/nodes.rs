@@ -25,6 +25,7 @@ use hashbrown::HashTable;
 
 use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
 use kube::runtime::watcher::Event;
 use tokio::sync::watch;
 
@@ -115,8 +116,8 @@ struct Compact {
     name: Sym,
     uid: Option<Box<str>>,
     resource_version: Option<Box<str>>,
-    created: Option<Time>,
-    deleted: Option<Time>,
+    created: Stamp,
+    deleted: Stamp,
     labels: Pairs,
     annotations: Pairs,
     provider_id: Option<Sym>,
@@ -130,7 +131,7 @@ struct CompactTaint {
     key: Sym,
     value: Option<Sym>,
     effect: Sym,
-    time_added: Option<Time>,
+    time_added: Stamp,
 }
 
 struct CompactCondition {
@@ -138,8 +139,30 @@ struct CompactCondition {
     status: Sym,
     reason: Option<Sym>,
     message: Option<Sym>,
-    last_heartbeat_time: Option<Time>,
-    last_transition_time: Option<Time>,
+    last_heartbeat_time: Stamp,
+    last_transition_time: Stamp,
+}
+
+/// An optional `metav1.Time` in 8 bytes instead of 24: whole seconds since
+/// the epoch, `i64::MIN` for none. `metav1.Time` travels with second
+/// precision, so nothing a Node carries is lost; a sub-second part (which
+/// only an object built in memory could have) is dropped.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Stamp(i64);
+
+impl Stamp {
+    const NONE: Stamp = Stamp(i64::MIN);
+
+    fn of(t: &Option<Time>) -> Self {
+        t.as_ref().map_or(Self::NONE, |t| Stamp(t.0.as_second()))
+    }
+
+    fn time(self) -> Option<Time> {
+        if self == Self::NONE {
+            return None;
+        }
+        Timestamp::from_second(self.0).ok().map(Time)
+    }
 }
 
 impl Default for Nodes {
@@ -295,8 +318,8 @@ impl Compact {
             name: s(meta.name.as_deref().unwrap_or_default()),
             uid: meta.uid.as_deref().map(Box::from),
             resource_version: meta.resource_version.as_deref().map(Box::from),
-            created: meta.creation_timestamp.clone(),
-            deleted: meta.deletion_timestamp.clone(),
+            created: Stamp::of(&meta.creation_timestamp),
+            deleted: Stamp::of(&meta.deletion_timestamp),
             labels: meta.labels.as_ref().map(|m| pairs(&mut s, m)),
             annotations: meta.annotations.as_ref().map(|m| pairs(&mut s, m)),
             provider_id: spec.and_then(|sp| sp.provider_id.as_deref()).map(&mut s),
@@ -307,7 +330,7 @@ impl Compact {
                         key: s(&t.key),
                         value: t.value.as_deref().map(&mut s),
                         effect: s(&t.effect),
-                        time_added: t.time_added.clone(),
+                        time_added: Stamp::of(&t.time_added),
                     })
                     .collect()
             }),
@@ -318,8 +341,8 @@ impl Compact {
                         status: s(&c.status),
                         reason: c.reason.as_deref().map(&mut s),
                         message: c.message.as_deref().map(&mut s),
-                        last_heartbeat_time: c.last_heartbeat_time.clone(),
-                        last_transition_time: c.last_transition_time.clone(),
+                        last_heartbeat_time: Stamp::of(&c.last_heartbeat_time),
+                        last_transition_time: Stamp::of(&c.last_transition_time),
                     })
                     .collect()
             }),
@@ -343,8 +366,8 @@ impl Compact {
                 name: Some(text(&self.name)),
                 uid: self.uid.as_deref().map(str::to_string),
                 resource_version: self.resource_version.as_deref().map(str::to_string),
-                creation_timestamp: self.created.clone(),
-                deletion_timestamp: self.deleted.clone(),
+                creation_timestamp: self.created.time(),
+                deletion_timestamp: self.deleted.time(),
                 labels: map(&self.labels),
                 annotations: map(&self.annotations),
                 ..ObjectMeta::default()
@@ -358,7 +381,7 @@ impl Compact {
                             key: text(&t.key),
                             value: t.value.as_ref().map(text),
                             effect: text(&t.effect),
-                            time_added: t.time_added.clone(),
+                            time_added: t.time_added.time(),
                         })
                         .collect()
                 }),
@@ -372,8 +395,8 @@ impl Compact {
                             status: text(&c.status),
                             reason: c.reason.as_ref().map(text),
                             message: c.message.as_ref().map(text),
-                            last_heartbeat_time: c.last_heartbeat_time.clone(),
-                            last_transition_time: c.last_transition_time.clone(),
+                            last_heartbeat_time: c.last_heartbeat_time.time(),
+                            last_transition_time: c.last_transition_time.time(),
                         })
                         .collect()
                 }),
@@ -454,6 +477,19 @@ mod tests {
         assert!(v["status"].get("images").is_none());
         assert!(v["status"].get("nodeInfo").is_none());
         assert!(v["status"].get("capacity").is_none());
+    }
+
+    #[test]
+    fn a_stamp_keeps_a_time_to_the_second_and_none_as_none() {
+        let t: Time = serde_json::from_value(json!("2026-12-01T09:00:00Z")).unwrap();
+        assert_eq!(Stamp::of(&Some(t.clone())).time(), Some(t));
+        assert_eq!(Stamp::of(&None).time(), None);
+        let epoch: Time = serde_json::from_value(json!("1970-01-01T00:00:00Z")).unwrap();
+        assert_eq!(Stamp::of(&Some(epoch.clone())).time(), Some(epoch));
+        let fine: Time = serde_json::from_value(json!("2026-12-01T09:00:00.75Z")).unwrap();
+        let whole: Time = serde_json::from_value(json!("2026-12-01T09:00:00Z")).unwrap();
+        assert_eq!(Stamp::of(&Some(fine)).time(), Some(whole));
+        assert_eq!(std::mem::size_of::<Stamp>(), 8);
     }
 
     #[test]
