@@ -135,6 +135,11 @@ impl IStr {
     pub fn is_empty(&self) -> bool {
         self.0.0.is_empty()
     }
+
+    /// Whether `self` and `other` are one shared string, not merely equal.
+    pub fn same(&self, other: &IStr) -> bool {
+        ArcStr::ptr_eq(&self.0.0, &other.0.0)
+    }
 }
 
 impl Borrow<str> for IStr {

@@ -134,13 +134,14 @@ pub struct MachineStatus {
 }
 
 /// NodeAddress contains information for the node's address.
-// A Node's address (docs as the Node's, so the schema is the same) with its
-// type interned: a fleet's machines hold five addresses each and five types
-// between them.
+// A Node's address (docs as the Node's, so the schema is the same),
+// interned: a fleet's machines hold five addresses each and five types
+// between them, and the DNS name and Hostname of a machine are its Node's
+// name, which its node label and the Node cache hold too.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct MachineAddress {
     /// The node address.
-    pub address: String,
+    pub address: IStr,
 
     /// Node address type, one of Hostname, ExternalIP or InternalIP.
     #[serde(rename = "type")]
@@ -150,7 +151,7 @@ pub struct MachineAddress {
 impl From<NodeAddress> for MachineAddress {
     fn from(a: NodeAddress) -> Self {
         MachineAddress {
-            address: a.address,
+            address: IStr::new(&a.address),
             type_: IStr::new(&a.type_),
         }
     }

@@ -41,22 +41,23 @@ use crate::api::shared::MachinePhase;
 use crate::controller::caches::trim_machine;
 use crate::intern::IStr;
 
-/// Labels or annotations: pairs sorted by key, keys interned (they repeat
-/// across every Machine), values boxed (a Node name, a launch record: most
-/// are a Machine's own). A Machine without the map at all holds `None`,
+/// Labels or annotations: pairs sorted by key, keys and values interned
+/// (keys repeat across every Machine; a value is a set's name, shared by
+/// its Machines, or a Node's name, shared with the Node cache and the
+/// Machine's addresses, or a launch record, the Machine's own). A Machine without the map at all holds `None`,
 /// kept apart from an empty map so that [`CachedMachine::to_machine`] gives
 /// back what came in.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Pairs(Option<Box<[Pair]>>);
 
 /// One label or annotation.
-type Pair = (IStr, Box<str>);
+type Pair = (IStr, IStr);
 
 impl Pairs {
     fn from_map(map: Option<BTreeMap<String, String>>) -> Self {
         Pairs(map.map(|map| {
             map.into_iter()
-                .map(|(k, v)| (IStr::new(&k), v.into_boxed_str()))
+                .map(|(k, v)| (IStr::new(&k), IStr::new(&v)))
                 .collect()
         }))
     }
@@ -71,12 +72,12 @@ impl Pairs {
         pairs
             .binary_search_by(|(k, _)| k.as_str().cmp(key))
             .ok()
-            .map(|i| &*pairs[i].1)
+            .map(|i| pairs[i].1.as_str())
     }
 
     /// The pairs in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.slice().iter().map(|(k, v)| (k.as_str(), &**v))
+        self.slice().iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
     /// The pairs as the API types hold them (empty where there were none).

@@ -30,10 +30,11 @@ use kube::runtime::watcher::Event;
 use tokio::sync::watch;
 
 use crate::aws::instances::instance_id_from_provider_id;
-use crate::intern::{IStr, Interner};
+use crate::intern::IStr;
 
-/// The cache's strings: thin (8 bytes a field), interned in its own
-/// [`Interner`], swept at relists.
+/// The cache's strings: thin (8 bytes a field), interned in the process-wide
+/// interner of [`IStr`], so that a Node's name is one string with the
+/// Machine's node label and addresses naming it.
 pub type Sym = IStr;
 
 /// See the module docs.
@@ -47,7 +48,6 @@ struct State {
     live: Generation,
     /// The generation a relist is filling; swapped in at its end.
     relist: Option<Generation>,
-    strings: Interner<Sym>,
     hasher: RandomState,
 }
 
@@ -214,7 +214,7 @@ impl Nodes {
         let state = &mut *guard;
         match event {
             Event::Apply(node) => {
-                let c = Compact::of(&mut state.strings, &node);
+                let c = Compact::of(&node);
                 state.live.insert(&state.hasher, c);
                 announce_node(node)
             }
@@ -228,7 +228,7 @@ impl Nodes {
                 Announce::default()
             }
             Event::InitApply(node) => {
-                let c = Compact::of(&mut state.strings, &node);
+                let c = Compact::of(&node);
                 state
                     .relist
                     .get_or_insert_with(Generation::default)
@@ -252,7 +252,6 @@ impl Nodes {
                         out.nodes.push(Arc::new(c.rebuild()));
                     }
                 }
-                state.strings.sweep();
                 drop(guard);
                 self.ready.send_replace(true);
                 out
@@ -309,11 +308,11 @@ fn trimmed(node: Node) -> Node {
 }
 
 impl Compact {
-    fn of(strings: &mut Interner<Sym>, node: &Node) -> Self {
+    fn of(node: &Node) -> Self {
         let meta = &node.metadata;
         let spec = node.spec.as_ref();
         let status = node.status.as_ref();
-        let mut s = |v: &str| strings.intern(v);
+        let mut s = IStr::new;
         Compact {
             name: s(meta.name.as_deref().unwrap_or_default()),
             uid: meta.uid.as_deref().map(Box::from),
@@ -564,10 +563,23 @@ mod tests {
     fn nodes_share_their_equal_strings() {
         let nodes = Nodes::default();
         nodes.apply(Event::Apply(real_node("ip-1", "1")));
-        let before = nodes.state.read().unwrap().strings.len();
         nodes.apply(Event::Apply(real_node("ip-2", "1")));
-        // Only the name (also the hostname label and address) is new.
-        assert_eq!(nodes.state.read().unwrap().strings.len(), before + 1);
+        let state = nodes.state.read().unwrap();
+        let (a, b) = (&state.live.nodes["ip-1"], &state.live.nodes["ip-2"]);
+        let label = |c: &Compact, key: &str| {
+            let pairs = c.labels.as_deref().unwrap();
+            pairs
+                .iter()
+                .find(|(k, _)| k.as_str() == key)
+                .unwrap()
+                .1
+                .clone()
+        };
+        // Equal strings are one string: in two Nodes, and in a Node and
+        // anything else interned (a Machine's address naming the Node).
+        assert!(label(a, "kubernetes.io/arch").same(&label(b, "kubernetes.io/arch")));
+        assert!(label(a, "kubernetes.io/hostname").same(&IStr::new("ip-1")));
+        assert!(!label(a, "kubernetes.io/hostname").same(&label(b, "kubernetes.io/hostname")));
     }
 
     #[test]

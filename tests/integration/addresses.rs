@@ -38,7 +38,7 @@ async fn machine_status_lists_the_instance_addresses_as_the_node_does() {
         .iter()
         .map(|a| NodeAddress {
             type_: a.type_.to_string(),
-            address: a.address.clone(),
+            address: a.address.to_string(),
         })
         .collect();
     assert_eq!(cached, wanted);
