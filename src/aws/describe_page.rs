@@ -17,6 +17,7 @@ use aws_smithy_xml::decode::{Document, ScopedDecoder, XmlDecodeError, try_data};
 
 use super::instances::{InstanceAddresses, InstanceInfo, InstanceState};
 use super::launch::{AttachedInterface, PostLaunchState};
+use crate::intern::IStr;
 
 /// One page of a DescribeInstances answer.
 #[derive(Debug, Default, PartialEq)]
@@ -118,15 +119,17 @@ fn instance(tag: &mut ScopedDecoder<'_, '_>) -> Result<InstanceInfo, XmlDecodeEr
                 }
             }
             "reason" => transition = Some(text(&mut t)?),
-            "instanceType" => info.instance_type = Some(text(&mut t)?),
-            "privateDnsName" => info.private_dns_name = non_empty(text(&mut t)?),
-            "privateIpAddress" => info.addresses.private_ip = non_empty(text(&mut t)?),
+            "instanceType" => info.instance_type = Some(text(&mut t)?.into()),
+            "privateDnsName" => info.private_dns_name = non_empty(text(&mut t)?).map(IStr::from),
+            "privateIpAddress" => {
+                info.addresses.private_ip = non_empty(text(&mut t)?).map(IStr::from)
+            }
             "ipAddress" => info.addresses.public_ip = non_empty(text(&mut t)?),
             "dnsName" => info.addresses.public_dns_name = non_empty(text(&mut t)?),
             "placement" => {
                 while let Some(mut p) = t.next_tag() {
                     if p.start_el().local() == "availabilityZone" {
-                        info.availability_zone = Some(text(&mut p)?);
+                        info.availability_zone = Some(text(&mut p)?.into());
                     }
                 }
             }

@@ -28,6 +28,7 @@ use super::errors::{Ec2Error, ErrorClass};
 use super::instance_tags::InstanceTags;
 use super::launch::PostLaunchState;
 use super::tags::{LAUNCH_TAG, MACHINE_NAME_TAG, MACHINE_UID_TAG};
+use crate::intern::IStr;
 
 /// EC2 instance states, as far as machines care.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,11 +68,14 @@ pub struct InstanceInfo {
     pub state: InstanceState,
     /// Why EC2 changed the state last (e.g. a spot interruption).
     pub state_reason: Option<String>,
-    pub instance_type: Option<String>,
-    pub private_dns_name: Option<String>,
+    // Interned, as the strings a view of thousands of instances repeats
+    // (types, zones) or shares with the Node cache (the private DNS name is
+    // the Node's name, the private IP its InternalIP).
+    pub instance_type: Option<IStr>,
+    pub private_dns_name: Option<IStr>,
     /// Private and public IPv4 address and public DNS name, when EC2 shows them.
     pub addresses: InstanceAddresses,
-    pub availability_zone: Option<String>,
+    pub availability_zone: Option<IStr>,
     pub tags: InstanceTags,
     /// Source/destination check and IPv6 prefixes, as EC2 reports them.
     pub post_launch: PostLaunchState,
@@ -83,7 +87,7 @@ pub struct InstanceInfo {
 /// Addresses of an instance besides its private DNS name.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct InstanceAddresses {
-    pub private_ip: Option<String>,
+    pub private_ip: Option<IStr>,
     pub public_ip: Option<String>,
     pub public_dns_name: Option<String>,
 }
@@ -94,18 +98,19 @@ impl InstanceInfo {
     /// `ExternalIP`, `InternalDNS`, `Hostname` (the private DNS name, which
     /// is the Node's name), `ExternalDNS`.
     pub fn node_addresses(&self) -> Vec<NodeAddress> {
-        let address = |type_: &str, value: &Option<String>| {
-            value.as_ref().map(|a| NodeAddress {
+        let address = |type_: &str, value: Option<&str>| {
+            value.map(|a| NodeAddress {
                 type_: type_.to_string(),
-                address: a.clone(),
+                address: a.to_string(),
             })
         };
+        let dns = self.private_dns_name.as_deref();
         [
-            address("InternalIP", &self.addresses.private_ip),
-            address("ExternalIP", &self.addresses.public_ip),
-            address("InternalDNS", &self.private_dns_name),
-            address("Hostname", &self.private_dns_name),
-            address("ExternalDNS", &self.addresses.public_dns_name),
+            address("InternalIP", self.addresses.private_ip.as_deref()),
+            address("ExternalIP", self.addresses.public_ip.as_deref()),
+            address("InternalDNS", dns),
+            address("Hostname", dns),
+            address("ExternalDNS", self.addresses.public_dns_name.as_deref()),
         ]
         .into_iter()
         .flatten()
@@ -153,17 +158,17 @@ impl From<&Instance> for InstanceInfo {
             id: i.instance_id().unwrap_or_default().to_string(),
             state,
             state_reason,
-            instance_type: i.instance_type().map(|t| t.as_str().to_string()),
-            private_dns_name: non_empty(i.private_dns_name()),
+            instance_type: i.instance_type().map(|t| IStr::new(t.as_str())),
+            private_dns_name: non_empty(i.private_dns_name()).map(IStr::from),
             addresses: InstanceAddresses {
-                private_ip: non_empty(i.private_ip_address()),
+                private_ip: non_empty(i.private_ip_address()).map(IStr::from),
                 public_ip: non_empty(i.public_ip_address()),
                 public_dns_name: non_empty(i.public_dns_name()),
             },
             availability_zone: i
                 .placement()
                 .and_then(|p| p.availability_zone())
-                .map(str::to_string),
+                .map(IStr::new),
             post_launch: PostLaunchState::from(i),
             launch_index: i.ami_launch_index(),
             tags: i

@@ -462,7 +462,7 @@ pub(super) async fn ensure_identity(
     let provider_id = format!("aws:///{region}/{}", i.id);
     let node_name = node_for(ctx, m, i)
         .map(|n| n.name_any())
-        .or_else(|| i.private_dns_name.clone());
+        .or_else(|| i.private_dns_name.as_deref().map(str::to_string));
     let wants_id = m.spec.provider_id.as_deref() != Some(provider_id.as_str());
     let wants_label = node_name.is_some() && m.labels().get(NODE_LABEL) != node_name.as_ref();
     let annotations: BTreeMap<&String, &String> = launch
