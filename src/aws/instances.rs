@@ -352,7 +352,9 @@ const RECORDED_KEPT: Duration = Duration::from_secs(60);
 #[derive(Default)]
 struct Snapshot {
     fetched: Option<Instant>,
-    by_id: HashMap<String, InstanceInfo>,
+    /// Boxed: a hash table keeps room for up to twice its entries, and an
+    /// `InstanceInfo` is 256 bytes (a spare slot costs 32 this way).
+    by_id: HashMap<String, Box<InstanceInfo>>,
     /// When [`InstanceView::record`] last recorded each instance.
     recorded: HashMap<String, Instant>,
     /// When EC2 accepted the termination of each instance
@@ -366,9 +368,9 @@ impl Snapshot {
     fn merge(&mut self, info: InstanceInfo) {
         let info = self.seen_through(info);
         match self.by_id.get_mut(&info.id) {
-            Some(kept) => *kept = info,
+            Some(kept) => **kept = info,
             None => {
-                self.by_id.insert(info.id.clone(), info);
+                self.by_id.insert(info.id.clone(), Box::new(info));
             }
         }
     }
@@ -400,7 +402,7 @@ impl Snapshot {
     fn record(&mut self, info: InstanceInfo) {
         self.recorded.insert(info.id.clone(), Instant::now());
         let info = self.seen_through(info);
-        self.by_id.insert(info.id.clone(), info);
+        self.by_id.insert(info.id.clone(), Box::new(info));
     }
 
     /// See [`InstanceView::record_termination`].
@@ -466,7 +468,7 @@ impl InstanceView {
         let mut snap = slot.lock().await;
         refresh_if_older(handle, &mut snap, max_age).await?;
         if let Some(found) = snap.by_id.get(id) {
-            return Ok(Some(found.clone()));
+            return Ok(Some(InstanceInfo::clone(found)));
         }
         drop(snap);
         let found = by_id(handle, id).await?;
@@ -486,7 +488,12 @@ impl InstanceView {
         let slot = self.slot(&handle.key);
         let mut snap = slot.lock().await;
         refresh_if_older(handle, &mut snap, max_age).await?;
-        Ok(snap.by_id.values().filter(|i| pick(i)).cloned().collect())
+        Ok(snap
+            .by_id
+            .values()
+            .filter(|i| pick(i))
+            .map(|i| InstanceInfo::clone(i))
+            .collect())
     }
 
     /// Records what an operation just learned (a launch, a termination), so
