@@ -83,12 +83,10 @@ fn boolean(tag: &mut ScopedDecoder<'_, '_>) -> Result<bool, XmlDecodeError> {
 }
 
 fn instance(tag: &mut ScopedDecoder<'_, '_>) -> Result<InstanceInfo, XmlDecodeError> {
-    let mut id = None;
-    let mut state = InstanceState::Unknown;
     let (mut reason_code, mut reason_message, mut transition) = (None, None, None);
     let mut info = InstanceInfo {
         id: String::new(),
-        state,
+        state: InstanceState::Unknown,
         state_reason: None,
         instance_type: None,
         private_dns_name: None,
@@ -101,11 +99,11 @@ fn instance(tag: &mut ScopedDecoder<'_, '_>) -> Result<InstanceInfo, XmlDecodeEr
     let mut tags: Vec<(String, String)> = Vec::new();
     while let Some(mut t) = tag.next_tag() {
         match t.start_el().local() {
-            "instanceId" => id = Some(text(&mut t)?),
+            "instanceId" => info.id = text(&mut t)?,
             "instanceState" => {
                 while let Some(mut s) = t.next_tag() {
                     if s.start_el().local() == "name" {
-                        state = InstanceState::parse(&text(&mut s)?);
+                        info.state = InstanceState::parse(&text(&mut s)?);
                     }
                 }
             }
@@ -165,8 +163,6 @@ fn instance(tag: &mut ScopedDecoder<'_, '_>) -> Result<InstanceInfo, XmlDecodeEr
             _ => {}
         }
     }
-    info.id = id.unwrap_or_default();
-    info.state = state;
     info.state_reason = reason_message
         .or(reason_code)
         .or(transition.filter(|s| !s.is_empty()));

@@ -14,9 +14,10 @@
 //! `InstanceInfo`s by [`super::describe_page`] (the SDK's model of even the
 //! slimmed page was 4.9 MB for 1,000 instances), left in the interceptor's
 //! [`PageSlot`] for the caller, and the SDK gets an empty answer (it reads
-//! the request ID from the headers). An answer that is not well-formed XML fails the call (as the
-//! SDK's parser would: a Transient error naming it); error answers are not
-//! touched (their codes and messages are the SDK's to read).
+//! the request ID from the headers). An answer that is not well-formed XML
+//! of that shape fails the call (as the SDK's parser would: a Transient
+//! error naming it); error answers are not touched (their codes and
+//! messages are the SDK's to read).
 
 use std::ops::Range;
 use std::pin::Pin;

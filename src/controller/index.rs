@@ -73,13 +73,6 @@ fn class_of(m: &CachedMachine) -> (&str, &str) {
     )
 }
 
-/// Every key `m` is found under.
-pub fn keys_of(m: &CachedMachine) -> impl Iterator<Item = Key<'_>> {
-    let (ns, name) = class_of(m);
-    std::iter::once(Key::Class { ns, name })
-        .chain(KINDS.into_iter().filter_map(move |kind| key_of(kind, m)))
-}
-
 /// See the module docs.
 #[derive(Default)]
 pub struct Index {
@@ -393,7 +386,10 @@ mod tests {
     #[test]
     fn the_keys_of_a_machine() {
         let m = machine("a", Some("ip-1"), Some("aws:///eu-west-1/i-1"));
-        let keys: Vec<Key> = keys_of(&m).collect();
+        let (ns, name) = class_of(&m);
+        let keys: Vec<Key> = std::iter::once(Key::Class { ns, name })
+            .chain(KINDS.into_iter().filter_map(|kind| key_of(kind, &m)))
+            .collect();
         assert_eq!(
             keys,
             [

@@ -56,7 +56,6 @@ where
     }
 }
 
-/// Machines that a Node event concerns (by `node` label or instance ID).
 /// The Machines a Node event concerns: those naming it in their node label
 /// or naming its instance in their providerID (an index lookup).
 fn machines_of_node(index: &Index, node: &Node) -> Vec<ObjectRef<CachedMachine>> {

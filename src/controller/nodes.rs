@@ -74,8 +74,10 @@ impl Generation {
         self.nodes.insert(c.name.clone(), c);
     }
 
-    fn remove(&mut self, hasher: &RandomState, name: &str) -> Option<Compact> {
-        let old = self.nodes.remove(name)?;
+    fn remove(&mut self, hasher: &RandomState, name: &str) {
+        let Some(old) = self.nodes.remove(name) else {
+            return;
+        };
         if let Some(id) = old
             .provider_id
             .as_deref()
@@ -86,10 +88,9 @@ impl Generation {
         {
             slot.remove();
         }
-        Some(old)
     }
 
-    /// Names of the Nodes whose providerID names instance `id`.
+    /// The Nodes whose providerID names instance `id`.
     fn with_instance<'a>(
         &'a self,
         hasher: &RandomState,
