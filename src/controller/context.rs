@@ -23,6 +23,7 @@ use super::machine::released::Released;
 use super::nodes::Nodes;
 use super::reads::Reads;
 use super::recorder::Recorder;
+use super::wakeups::Wakeups;
 use crate::api::machine_set::MachineSet;
 use crate::aws::batch::terminate::Terminations;
 use crate::aws::clients::Ec2Clients;
@@ -75,6 +76,9 @@ pub struct Context {
     pub orphan_wakeup: Notify,
     /// Machines whose finalizer was released, until the cache shows them gone.
     pub released: Released,
+    /// Timed rechecks of Machines (instead of kube's scheduler, see
+    /// [`super::wakeups`]).
+    pub wakeups: Arc<Wakeups>,
     /// Per-object retry backoff, reset when a reconcile succeeds.
     backoffs: Mutex<HashMap<String, ExponentialBackoff>>,
     /// Machines whose launch failed for a reason that takes time to change
@@ -120,6 +124,7 @@ impl Context {
             replacements: FailureGate::default(),
             orphan_wakeup: Notify::new(),
             released: Released::default(),
+            wakeups: Arc::new(Wakeups::new()),
             backoffs: Mutex::new(HashMap::new()),
             creation_holds: Mutex::new(HashMap::new()),
             drain_pauses: Mutex::new(HashMap::new()),

@@ -19,6 +19,7 @@ pub mod readiness;
 pub mod reads;
 pub mod recorder;
 pub mod status;
+pub mod wakeups;
 
 use std::sync::Arc;
 
@@ -133,6 +134,7 @@ pub async fn run(
                 machines_of_class(&store_for_classes, class.namespace(), &class.name_any())
             })
             .reconcile_on(node_triggers)
+            .reconcile_on(ctx.wakeups.clone().due())
             .shutdown_on_signal()
             .run(
                 metrics.instrument("machine", machine::reconcile),

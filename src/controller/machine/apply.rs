@@ -92,7 +92,7 @@ pub(super) async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
             // EC2's reads are eventually consistent: a just-launched instance
             // can be missing from DescribeInstances for a little while.
             if launch_within_grace(m) {
-                return Ok(Action::requeue(RECHECK_SOON));
+                return Ok(ctx.wakeups.recheck(m, RECHECK_SOON));
             }
             // The instance we launched is gone from EC2 altogether.
             return observe(m, ctx, None, &region, None, None).await;
@@ -107,7 +107,7 @@ pub(super) async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
             let uid = m.uid().unwrap_or_default();
             let class_version = class_version(&resolved.class);
             if let Some(wait) = ctx.creation_held(&uid, &class_version) {
-                return Ok(Action::requeue(wait));
+                return Ok(ctx.wakeups.recheck(m, wait));
             }
             return create(m, ctx, &resolved).await;
         }
@@ -175,7 +175,7 @@ pub(super) async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
     // A batched launch's instance without the machine's own tags yet: soon
     // again, not only after the next sync.
     Ok(if own_tags_pending {
-        Action::requeue(RECHECK_SOON)
+        ctx.wakeups.recheck(m, RECHECK_SOON)
     } else {
         action
     })

@@ -150,10 +150,10 @@ pub(super) async fn create(m: &Machine, ctx: &Context, r: &Resolved) -> Result<A
         return launch_batch::create(m, ctx, r, request, user_data.as_deref()).await;
     }
     let Some(record) = record_launch(m, ctx, r, bootstrap.as_ref()).await? else {
-        return Ok(Action::requeue(RECHECK_SOON));
+        return Ok(ctx.wakeups.recheck(m, RECHECK_SOON));
     };
     if let Some(wait) = record.wait_before_call(Timestamp::now()) {
-        return Ok(Action::requeue(wait.min(RECHECK_SOON * 6)));
+        return Ok(ctx.wakeups.recheck(m, wait.min(RECHECK_SOON * 6)));
     }
     let token = record.client_token(&uid);
     let launch = LaunchContext {
@@ -184,7 +184,7 @@ pub(super) async fn create(m: &Machine, ctx: &Context, r: &Resolved) -> Result<A
                 let next = stale.next_record(&record, Timestamp::now());
                 info!(machine = %name, code = ?e.code, attempt = next.attempt, "stale ClientToken: next launch attempt");
                 write_launch_record(m, ctx, &next).await?;
-                return Ok(Action::requeue(RECHECK_SOON));
+                return Ok(ctx.wakeups.recheck(m, RECHECK_SOON));
             }
             return Err(launch_failed(m, ctx, r, e).await);
         }
@@ -200,7 +200,7 @@ pub(super) async fn create(m: &Machine, ctx: &Context, r: &Resolved) -> Result<A
 
     // Settings EC2 only takes after launch (MCM's InitializeMachine) follow
     // on the next passes, from what EC2 reports (`ensure_post_launch`).
-    Ok(Action::requeue(RECHECK_SOON))
+    Ok(ctx.wakeups.recheck(m, RECHECK_SOON))
 }
 
 /// The RunInstances request of `launch`; a request that cannot be built

@@ -345,7 +345,7 @@ pub(super) async fn create(
     let now = Timestamp::now();
     let record = ctx.launches.record_of(m);
     if let Some(wait) = record.as_ref().and_then(|rec| rec.wait_before_call(now)) {
-        return Ok(Action::requeue(wait.min(RECHECK_SOON * 6)));
+        return Ok(ctx.wakeups.recheck(m, wait.min(RECHECK_SOON * 6)));
     }
     let region = r.class.provider_spec.region.clone();
     let secrets = drift::secret_refs(&r.class);
@@ -359,7 +359,7 @@ pub(super) async fn create(
         // Launched elsewhere (another Region or account) lately: its
         // instance may still show up there.
         Some(rec) if rec.within_grace(now) && (rec.region != region || rec.secrets != secrets) => {
-            return Ok(Action::requeue(RECHECK_SOON));
+            return Ok(ctx.wakeups.recheck(m, RECHECK_SOON));
         }
         Some(rec) => LaunchRecord {
             region,
@@ -380,7 +380,7 @@ pub(super) async fn create(
     debug!(machine = %member.name, "waiting for a batched launch");
     ctx.launches
         .join(&ctx.client, &r.handle, key, member, request);
-    Ok(Action::requeue(WAITING_RECHECK))
+    Ok(ctx.wakeups.recheck(m, WAITING_RECHECK))
 }
 
 enum Step {
@@ -407,7 +407,7 @@ async fn member(
         .answer_of(&r.handle, slot, &namespace, request)
         .await
     else {
-        return Ok(Step::Done(Action::requeue(WAITING_RECHECK)));
+        return Ok(Step::Done(ctx.wakeups.recheck(m, WAITING_RECHECK)));
     };
     let uid = m.uid().unwrap_or_default();
     match outcome {
@@ -428,7 +428,7 @@ async fn member(
                 let next = stale.next_record(rec, Timestamp::now());
                 info!(machine = %m.name_any(), code = ?e.code, "stale launch token: next launch attempt");
                 write_launch_record(m, ctx, &next).await?;
-                return Ok(Step::Done(Action::requeue(RECHECK_SOON)));
+                return Ok(Step::Done(ctx.wakeups.recheck(m, RECHECK_SOON)));
             }
             if matches!(e.class, ErrorClass::Transient | ErrorClass::Throttled) {
                 // Launched or not: the same call will tell.
@@ -459,7 +459,7 @@ async fn adopt(
     let launched_from = r.effective.annotations(&spec.tags);
     ensure_identity(m, ctx, instance, &spec.region, &launched_from).await?;
     announce_launch(ctx, m, instance, spec).await;
-    Ok(Action::requeue(RECHECK_SOON))
+    Ok(ctx.wakeups.recheck(m, RECHECK_SOON))
 }
 
 /// Gives an instance of a batched launch the Machine's own tags (Name,

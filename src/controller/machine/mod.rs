@@ -109,23 +109,24 @@ pub async fn reconcile(machine: Arc<CachedMachine>, ctx: Arc<Context>) -> Result
 /// their class, everything else backs off per object.
 pub fn error_policy(machine: Arc<CachedMachine>, error: &Error, ctx: Arc<Context>) -> Action {
     if let Error::Waiting { retry_after, .. } = error.inner() {
-        return Action::requeue(*retry_after);
+        return ctx.wakeups.recheck(&*machine, *retry_after);
     }
     let key = machine.uid().unwrap_or_default();
     warn!(machine = %machine.name_any(), error = %error, category = error.category(), "reconcile failed");
     if let Error::Ec2(e) = error.inner()
         && e.class == ErrorClass::ResourceExhausted
     {
-        return Action::requeue(e.retry_after());
+        return ctx.wakeups.recheck(&*machine, e.retry_after());
     }
     match error.ec2_class() {
-        Some(ErrorClass::InvalidInput) | Some(ErrorClass::Unauthorized) => {
-            Action::requeue(Duration::from_secs(600).max(ctx.next_backoff(&key)))
-        }
+        Some(ErrorClass::InvalidInput) | Some(ErrorClass::Unauthorized) => ctx.wakeups.recheck(
+            &*machine,
+            Duration::from_secs(600).max(ctx.next_backoff(&key)),
+        ),
         _ if matches!(error.inner(), Error::Invalid(_)) => {
-            Action::requeue(Duration::from_secs(600))
+            ctx.wakeups.recheck(&*machine, Duration::from_secs(600))
         }
-        _ => Action::requeue(ctx.next_backoff(&key)),
+        _ => ctx.wakeups.recheck(&*machine, ctx.next_backoff(&key)),
     }
 }
 

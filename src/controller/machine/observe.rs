@@ -317,7 +317,8 @@ pub(super) async fn observe(
         .into_iter()
         .flatten()
         .min();
-    Ok(Action::requeue(
+    Ok(ctx.wakeups.recheck(
+        m,
         recheck
             .map_or(next, |d| d.min(next))
             .max(Duration::from_secs(1)),
