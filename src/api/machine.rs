@@ -5,7 +5,6 @@
 //! `status.conditions` holds Node-shaped conditions exactly as in MCM.
 
 use k8s_openapi::api::core::v1::{NodeAddress, NodeCondition};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -14,6 +13,7 @@ use crate::api::shared::{
     ClassSpec, CurrentStatus, LastOperation, MachineConfiguration, MachinePhase, NodeTemplateSpec,
     is_default,
 };
+use crate::api::stamp::Stamp;
 use crate::intern::IStr;
 use crate::shared_value::Shared;
 
@@ -183,14 +183,13 @@ pub struct MachineCondition {
 
     /// Last time the condition was probed (copied from the Node when set;
     /// this operator leaves it out, see `lastTransitionTime`).
-    // Boxed: 8 bytes instead of 24 in each cached condition, for a field
-    // this operator never sets.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_heartbeat_time: Option<Box<Time>>,
+    // Stamps: 8 bytes instead of 24 in each cached condition.
+    #[serde(default, skip_serializing_if = "Stamp::is_none")]
+    pub last_heartbeat_time: Stamp,
 
     /// Last time the condition changed from one status to another.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_transition_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Stamp::is_none")]
+    pub last_transition_time: Stamp,
 }
 
 impl From<&NodeCondition> for MachineCondition {
@@ -200,8 +199,8 @@ impl From<&NodeCondition> for MachineCondition {
             status: IStr::new(&c.status),
             reason: c.reason.as_deref().map(IStr::new),
             message: c.message.as_deref().map(IStr::new),
-            last_heartbeat_time: c.last_heartbeat_time.clone().map(Box::new),
-            last_transition_time: c.last_transition_time.clone(),
+            last_heartbeat_time: Stamp::of(&c.last_heartbeat_time),
+            last_transition_time: Stamp::of(&c.last_transition_time),
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod machine_deployment;
 pub mod machine_set;
 pub mod provider_spec;
 pub mod shared;
+pub mod stamp;
 pub mod validation;
 
 /// API group of every kind in this crate.

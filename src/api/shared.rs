@@ -14,12 +14,13 @@ use std::fmt;
 
 use k8s_openapi::api::core::v1::NodeSpec;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::api::machine::MachineSpec;
+use crate::api::stamp::Stamp;
 use crate::intern::IStr;
 
 /// Pattern every duration field is checked against by the API server: a Go
@@ -341,8 +342,8 @@ pub struct LastOperation {
     pub error_code: Option<String>,
 
     /// When this operation record was last changed (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_update_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Stamp::is_none")]
+    pub last_update_time: Stamp,
 
     /// State of the operation; see [`MachineState`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -368,14 +369,14 @@ pub struct CurrentStatus {
     pub timeout_active: bool,
 
     /// When the phase last changed (RFC 3339); timeouts are measured from here.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_update_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Stamp::is_none")]
+    pub last_update_time: Stamp,
 
     /// While the machine is preserved: when preservation ends (set once when
     /// it starts, from `machinePreserveTimeout`; may be edited to extend or
     /// shorten it). Cleared when preservation stops.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub preserve_expiry_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Stamp::is_none")]
+    pub preserve_expiry_time: Stamp,
 }
 
 /// Status of a condition on a MachineSet or MachineDeployment.

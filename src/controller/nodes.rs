@@ -24,11 +24,11 @@ use std::sync::{Arc, RwLock};
 use hashbrown::HashTable;
 
 use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, Taint};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher::Event;
 use tokio::sync::watch;
 
+use crate::api::stamp::Stamp;
 use crate::aws::instances::instance_id_from_provider_id;
 use crate::intern::IStr;
 
@@ -142,28 +142,6 @@ struct CompactCondition {
     message: Option<Sym>,
     last_heartbeat_time: Stamp,
     last_transition_time: Stamp,
-}
-
-/// An optional `metav1.Time` in 8 bytes instead of 24: whole seconds since
-/// the epoch, `i64::MIN` for none. `metav1.Time` travels with second
-/// precision, so nothing a Node carries is lost; a sub-second part (which
-/// only an object built in memory could have) is dropped.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Stamp(i64);
-
-impl Stamp {
-    const NONE: Stamp = Stamp(i64::MIN);
-
-    fn of(t: &Option<Time>) -> Self {
-        t.as_ref().map_or(Self::NONE, |t| Stamp(t.0.as_second()))
-    }
-
-    fn time(self) -> Option<Time> {
-        if self == Self::NONE {
-            return None;
-        }
-        Timestamp::from_second(self.0).ok().map(Time)
-    }
 }
 
 impl Default for Nodes {
@@ -477,19 +455,6 @@ mod tests {
         assert!(v["status"].get("images").is_none());
         assert!(v["status"].get("nodeInfo").is_none());
         assert!(v["status"].get("capacity").is_none());
-    }
-
-    #[test]
-    fn a_stamp_keeps_a_time_to_the_second_and_none_as_none() {
-        let t: Time = serde_json::from_value(json!("2026-12-01T09:00:00Z")).unwrap();
-        assert_eq!(Stamp::of(&Some(t.clone())).time(), Some(t));
-        assert_eq!(Stamp::of(&None).time(), None);
-        let epoch: Time = serde_json::from_value(json!("1970-01-01T00:00:00Z")).unwrap();
-        assert_eq!(Stamp::of(&Some(epoch.clone())).time(), Some(epoch));
-        let fine: Time = serde_json::from_value(json!("2026-12-01T09:00:00.75Z")).unwrap();
-        let whole: Time = serde_json::from_value(json!("2026-12-01T09:00:00Z")).unwrap();
-        assert_eq!(Stamp::of(&Some(fine)).time(), Some(whole));
-        assert_eq!(std::mem::size_of::<Stamp>(), 8);
     }
 
     #[test]

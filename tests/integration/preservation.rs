@@ -32,8 +32,7 @@ fn expiry(m: &Machine) -> Option<Timestamp> {
         .as_ref()?
         .current_status
         .preserve_expiry_time
-        .as_ref()
-        .map(|t| t.0)
+        .timestamp()
 }
 
 fn preserved_condition(n: &Node) -> Option<String> {

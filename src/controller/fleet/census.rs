@@ -58,8 +58,7 @@ pub fn available_in(m: &Machine, min_ready_seconds: i32, now: Timestamp) -> Opti
     let since = m
         .status
         .as_ref()
-        .and_then(|s| s.current_status.last_update_time.as_ref())
-        .map(|t| t.0)?;
+        .and_then(|s| s.current_status.last_update_time.timestamp())?;
     let needed = Duration::from_secs(u64::try_from(min_ready_seconds).unwrap_or_default());
     let elapsed = Duration::try_from(now.duration_since(since)).unwrap_or_default();
     needed.checked_sub(elapsed).filter(|d| !d.is_zero())
@@ -326,7 +325,7 @@ pub(crate) mod fixtures {
             let status = self.0.status.get_or_insert_with(MachineStatus::default);
             status.current_status = CurrentStatus {
                 phase: Some(phase),
-                last_update_time: Some(Time(at(0))),
+                last_update_time: at(0).into(),
                 ..CurrentStatus::default()
             };
             self
@@ -335,7 +334,7 @@ pub(crate) mod fixtures {
         pub fn running_since(mut self, secs: i64) -> Self {
             self = self.phase(MachinePhase::Running);
             if let Some(s) = self.0.status.as_mut() {
-                s.current_status.last_update_time = Some(Time(at(secs)));
+                s.current_status.last_update_time = at(secs).into();
             }
             self
         }
@@ -432,7 +431,7 @@ mod tests {
     fn preserved_machines_go_last_in_a_scale_down() {
         let mut preserved = machine("preserved").running_since(0).created(9).build();
         if let Some(s) = preserved.status.as_mut() {
-            s.current_status.preserve_expiry_time = Some(Time(at(100)));
+            s.current_status.preserve_expiry_time = at(100).into();
         }
         let ms = [
             preserved,

@@ -21,8 +21,7 @@ use crate::controller::machine::preservation::{Preserve, Wish};
 pub fn expiry(m: &Machine) -> Option<Timestamp> {
     m.status
         .as_ref()
-        .and_then(|s| s.current_status.preserve_expiry_time.as_ref())
-        .map(|t| t.0)
+        .and_then(|s| s.current_status.preserve_expiry_time.timestamp())
 }
 
 /// Whether the set keeps the Failed machine `m` (preserve value `wish`):
@@ -61,8 +60,7 @@ pub fn to_auto_preserve(machines: &[(&Machine, Wish)], max: i32, now: Timestamp)
         let failed_at = m
             .status
             .as_ref()
-            .and_then(|s| s.current_status.last_update_time.as_ref())
-            .map(|t| t.0);
+            .and_then(|s| s.current_status.last_update_time.timestamp());
         (
             Reverse(failed_at),
             Reverse(m.creation_timestamp().map(|t| t.0)),
@@ -99,11 +97,10 @@ mod tests {
     use super::*;
     use crate::api::shared::MachinePhase::*;
     use crate::controller::machine::preservation::Source;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn preserved_until(mut m: Machine, secs: i64) -> Machine {
         if let Some(s) = m.status.as_mut() {
-            s.current_status.preserve_expiry_time = Some(Time(at(secs)));
+            s.current_status.preserve_expiry_time = at(secs).into();
         }
         m
     }
@@ -111,7 +108,7 @@ mod tests {
     fn failed_at(name: &str, secs: i64) -> Machine {
         let mut m = machine(name).phase(Failed).build();
         if let Some(s) = m.status.as_mut() {
-            s.current_status.last_update_time = Some(Time(at(secs)));
+            s.current_status.last_update_time = at(secs).into();
         }
         m
     }

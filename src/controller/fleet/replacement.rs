@@ -247,8 +247,8 @@ pub async fn gate(
             let status = m.status.as_ref().map(|s| &s.current_status);
             let since = status
                 .filter(|s| s.phase == Some(MachinePhase::Unknown))
-                .and_then(|s| s.last_update_time.as_ref())
-                .map_or(decision.since, |t| t.0);
+                .and_then(|s| s.last_update_time.timestamp())
+                .unwrap_or(decision.since);
             let kept = PhaseDecision {
                 phase: MachinePhase::Unknown,
                 since,
@@ -313,9 +313,7 @@ mod tests {
     fn a_preserved_failed_machine_is_not_being_replaced() {
         let mut kept = machine("kept").phase(Failed).build();
         if let Some(s) = kept.status.as_mut() {
-            s.current_status.preserve_expiry_time = Some(
-                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(100)),
-            );
+            s.current_status.preserve_expiry_time = at(100).into();
         }
         let ms = [kept, machine("b").phase(Unknown).build()];
         let refs: Vec<&Machine> = ms.iter().collect();

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use crate::api::stamp::Stamp;
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::Api;
@@ -261,8 +261,8 @@ pub(super) fn launch_may_be_pending(m: &Machine) -> bool {
             )
             && op
                 .last_update_time
-                .as_ref()
-                .is_some_and(|t| t.0 >= record.started)
+                .timestamp()
+                .is_some_and(|t| t >= record.started)
     });
     !refused_since
 }
@@ -398,8 +398,8 @@ pub(super) async fn wait_for_detach(m: &Machine, ctx: &Context, node: &str) -> R
     let op = m.status.as_ref().map(|s| &s.last_operation);
     let waited = op
         .filter(|op| op.description == step)
-        .and_then(|op| op.last_update_time.as_ref())
-        .map(|t| Duration::try_from(Timestamp::now().duration_since(t.0)).unwrap_or_default())
+        .and_then(|op| op.last_update_time.timestamp())
+        .map(|t| Duration::try_from(Timestamp::now().duration_since(t)).unwrap_or_default())
         .unwrap_or_default();
     if waited >= ctx.config.pv_detach_timeout {
         let note = format!(
@@ -510,7 +510,7 @@ pub(super) async fn mark_terminating(m: &Machine, ctx: &Context, step: &str) -> 
     status.last_operation = LastOperation {
         description: IStr::new(step),
         error_code: None,
-        last_update_time: Some(Time(Timestamp::now())),
+        last_update_time: Stamp::now(),
         state: Some(MachineState::Processing),
         type_: Some(MachineOperationType::Delete),
     };

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use crate::api::stamp::Stamp;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
@@ -77,7 +77,7 @@ pub(super) async fn creation_timed_out(m: &Machine, ctx: &Context) -> Result<Opt
     status.last_operation = LastOperation {
         description: description.as_str().into(),
         error_code: old.last_operation.error_code.clone(),
-        last_update_time: Some(Time(Timestamp::now())),
+        last_update_time: Stamp::now(),
         state: Some(MachineState::Failed),
         type_: Some(MachineOperationType::Create),
     };

@@ -29,7 +29,6 @@ pub mod released;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
@@ -223,7 +222,7 @@ fn entered(old: &CurrentStatus, phase: MachinePhase, timeout_active: bool) -> Cu
     CurrentStatus {
         phase: Some(phase),
         timeout_active,
-        last_update_time: Some(Time(Timestamp::now())),
+        last_update_time: Timestamp::now().into(),
         ..old.clone()
     }
 }

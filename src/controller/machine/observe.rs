@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
@@ -22,6 +21,7 @@ use crate::api::machine::{Machine, MachineCondition, MachineStatus, NODE_LABEL};
 use crate::api::shared::{
     CurrentStatus, LastOperation, MachineOperationType, MachinePhase, MachineState,
 };
+use crate::api::stamp::Stamp;
 use crate::aws::instances::{InstanceInfo, InstanceState, instance_id_from_provider_id};
 use crate::controller::context::Context;
 use crate::controller::error::Result;
@@ -169,8 +169,7 @@ pub(super) async fn observe(
         let since = s
             .current_status
             .last_update_time
-            .as_ref()
-            .map(|t| t.0)
+            .timestamp()
             .unwrap_or(created);
         Some((phase, since))
     });
@@ -227,8 +226,8 @@ pub(super) async fn observe(
     status.current_status = CurrentStatus {
         phase: Some(decision.phase),
         timeout_active: decision.timeout_active,
-        last_update_time: Some(Time(decision.since)),
-        preserve_expiry_time: preserved.expiry.map(Time),
+        last_update_time: decision.since.into(),
+        preserve_expiry_time: preserved.expiry.into(),
     };
     // A create or update step reported failing by an earlier pass, that
     // this pass got through. (Failed machines keep their last words.)
@@ -243,7 +242,7 @@ pub(super) async fn observe(
             status.last_operation = LastOperation {
                 description: description.as_str().into(),
                 error_code: Some(code.to_string()),
-                last_update_time: Some(Time(Timestamp::now())),
+                last_update_time: Stamp::now(),
                 state: Some(MachineState::Failed),
                 type_: Some(MachineOperationType::Update),
             };
@@ -258,7 +257,7 @@ pub(super) async fn observe(
         status.last_operation = LastOperation {
             description: decision.description.as_str().into(),
             error_code: None,
-            last_update_time: Some(Time(decision.since)),
+            last_update_time: decision.since.into(),
             state: Some(state),
             type_: Some(type_),
         };
@@ -352,7 +351,7 @@ pub(super) fn merged_conditions(
                 .collect()
         });
     for c in &mut out {
-        c.last_heartbeat_time = None;
+        c.last_heartbeat_time = Stamp::NONE;
     }
     let (status, reason, message) = match config_problem {
         Some(msg) => ("False", "InvalidConfiguration", msg.to_string()),
@@ -417,8 +416,8 @@ pub(super) fn stable_condition(
             status: status.into(),
             reason: Some(reason.into()),
             message: Some(message.into()),
-            last_transition_time: Some(Time(Timestamp::now())),
-            last_heartbeat_time: None,
+            last_transition_time: Stamp::now(),
+            last_heartbeat_time: Stamp::NONE,
         },
     }
 }
@@ -455,7 +454,7 @@ pub(super) async fn report_failure(
         status.last_operation = LastOperation {
             description: IStr::new(description),
             error_code: Some(code.to_string()),
-            last_update_time: Some(Time(Timestamp::now())),
+            last_update_time: Stamp::now(),
             state: Some(MachineState::Failed),
             type_: Some(op),
         };

@@ -45,8 +45,7 @@ pub(super) async fn tend(m: &Machine, ctx: &Context, node: Option<&Node>, failed
     let old_expiry = m
         .status
         .as_ref()
-        .and_then(|s| s.current_status.preserve_expiry_time.as_ref())
-        .map(|t| t.0);
+        .and_then(|s| s.current_status.preserve_expiry_time.timestamp());
     let wish = preservation::wish(node.map(|n| n.annotations()), m.annotations());
     let timeout = preservation::timeout(
         m.spec.configuration.machine_preserve_timeout.as_ref(),
