@@ -15,7 +15,7 @@
 //! `shutting-down` although a refresh (or a direct lookup) still says
 //! `running`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,7 @@ use k8s_openapi::api::core::v1::NodeAddress;
 use super::clients::{ClientKey, Ec2Handle};
 use super::describe_slim::{SlimDescribe, take_page};
 use super::errors::{Ec2Error, ErrorClass};
+use super::instance_table::InstanceTable;
 use super::instance_tags::InstanceTags;
 use super::launch::PostLaunchState;
 use super::tags::{LAUNCH_TAG, MACHINE_NAME_TAG, MACHINE_UID_TAG};
@@ -180,6 +181,25 @@ impl From<&Instance> for InstanceInfo {
     }
 }
 
+#[cfg(test)]
+impl InstanceInfo {
+    /// An instance with an ID and a state and nothing else (for tests).
+    pub(crate) fn bare(id: &str, state: InstanceState) -> Self {
+        InstanceInfo {
+            id: id.into(),
+            state,
+            state_reason: None,
+            instance_type: None,
+            private_dns_name: None,
+            addresses: Default::default(),
+            availability_zone: None,
+            tags: Default::default(),
+            post_launch: Default::default(),
+            launch_index: None,
+        }
+    }
+}
+
 fn non_empty(s: Option<&str>) -> Option<String> {
     s.filter(|s| !s.is_empty()).map(str::to_string)
 }
@@ -320,15 +340,14 @@ async fn refresh_if_older(
     // Merged page by page: the snapshot is never held twice (10,000
     // instances are ~8 MB). A refresh that fails half-way leaves the pages
     // it read merged, no older than before, and the snapshot still due.
-    let mut seen = HashSet::new();
+    let refresh = snap.start_refresh();
     let read = describe_each(handle, vec![filter], vec![], |info| {
-        seen.insert(info.id.clone());
-        snap.merge(info);
+        snap.merge(info, refresh);
     })
     .await;
     match read {
         Ok(()) => {
-            snap.finish_refresh(&seen);
+            snap.finish_refresh(refresh);
             Ok(())
         }
         // While EC2 throttles or fails, a somewhat older snapshot is
@@ -352,9 +371,9 @@ const RECORDED_KEPT: Duration = Duration::from_secs(60);
 #[derive(Default)]
 struct Snapshot {
     fetched: Option<Instant>,
-    /// Boxed: a hash table keeps room for up to twice its entries, and an
-    /// `InstanceInfo` is 256 bytes (a spare slot costs 32 this way).
-    by_id: HashMap<String, Box<InstanceInfo>>,
+    by_id: InstanceTable,
+    /// The number of the last refresh started (1 for the first).
+    refreshes: u32,
     /// When [`InstanceView::record`] last recorded each instance.
     recorded: HashMap<String, Instant>,
     /// When EC2 accepted the termination of each instance
@@ -363,46 +382,48 @@ struct Snapshot {
 }
 
 impl Snapshot {
-    /// Takes one instance of a refresh in, as far as this view knows
-    /// better (see [`Self::seen_through`]).
-    fn merge(&mut self, info: InstanceInfo) {
-        let info = self.seen_through(info);
-        match self.by_id.get_mut(&info.id) {
-            Some(kept) => **kept = info,
-            None => {
-                self.by_id.insert(info.id.clone(), Box::new(info));
-            }
-        }
+    /// The number of a new refresh, for [`Self::merge`] and
+    /// [`Self::finish_refresh`].
+    fn start_refresh(&mut self) -> u32 {
+        self.refreshes = self.refreshes.wrapping_add(1).max(1);
+        self.refreshes
     }
 
-    /// Ends a refresh that read (and [`Self::merge`]d) the instances
-    /// `seen`: the others are gone from the snapshot, except what
-    /// operations recorded lately (EC2 may not show those yet).
-    fn finish_refresh(&mut self, seen: &HashSet<String>) {
+    /// Takes one instance of refresh `refresh` in, as far as this view
+    /// knows better (see [`Self::seen_through`]).
+    fn merge(&mut self, info: InstanceInfo, refresh: u32) {
+        let info = self.seen_through(info);
+        self.by_id.put(info, refresh);
+    }
+
+    /// Ends refresh `refresh`: the instances it did not [`Self::merge`]
+    /// are gone from the snapshot, except what operations recorded lately
+    /// (EC2 may not show those yet).
+    fn finish_refresh(&mut self, refresh: u32) {
         self.recorded.retain(|_, at| at.elapsed() < RECORDED_KEPT);
         self.terminating
             .retain(|_, at| at.elapsed() < RECORDED_KEPT);
         let recorded = &self.recorded;
         self.by_id
-            .retain(|id, _| seen.contains(id) || recorded.contains_key(id));
+            .retain(|info, seen_in| seen_in == refresh || recorded.contains_key(&info.id));
         self.fetched = Some(Instant::now());
     }
 
     /// A whole refresh at once: `all` merged, then finished.
     #[cfg(test)]
     fn replace(&mut self, all: Vec<InstanceInfo>) {
-        let seen = all.iter().map(|i| i.id.clone()).collect();
+        let refresh = self.start_refresh();
         for info in all {
-            self.merge(info);
+            self.merge(info, refresh);
         }
-        self.finish_refresh(&seen);
+        self.finish_refresh(refresh);
     }
 
     /// See [`InstanceView::record`].
     fn record(&mut self, info: InstanceInfo) {
         self.recorded.insert(info.id.clone(), Instant::now());
         let info = self.seen_through(info);
-        self.by_id.insert(info.id.clone(), Box::new(info));
+        self.by_id.put(info, 0);
     }
 
     /// See [`InstanceView::record_termination`].
@@ -468,7 +489,7 @@ impl InstanceView {
         let mut snap = slot.lock().await;
         refresh_if_older(handle, &mut snap, max_age).await?;
         if let Some(found) = snap.by_id.get(id) {
-            return Ok(Some(InstanceInfo::clone(found)));
+            return Ok(Some(found.clone()));
         }
         drop(snap);
         let found = by_id(handle, id).await?;
@@ -488,12 +509,7 @@ impl InstanceView {
         let slot = self.slot(&handle.key);
         let mut snap = slot.lock().await;
         refresh_if_older(handle, &mut snap, max_age).await?;
-        Ok(snap
-            .by_id
-            .values()
-            .filter(|i| pick(i))
-            .map(|i| InstanceInfo::clone(i))
-            .collect())
+        Ok(snap.by_id.values().filter(|i| pick(i)).cloned().collect())
     }
 
     /// Records what an operation just learned (a launch, a termination), so
@@ -658,13 +674,14 @@ mod tests {
         // A refresh that read one page and then failed: merged, not finished.
         let mut gone = running("i-1");
         gone.state = InstanceState::Terminated;
-        snap.merge(gone);
+        let failed = snap.start_refresh();
+        snap.merge(gone, failed);
         assert_eq!(state_of(&snap, "i-1"), Some(InstanceState::Terminated));
         assert_eq!(state_of(&snap, "i-2"), Some(InstanceState::Running));
         // A whole refresh that shows only i-1: i-2 is gone (nothing recorded it).
-        let seen = HashSet::from(["i-1".to_string()]);
-        snap.merge(running("i-1"));
-        snap.finish_refresh(&seen);
+        let whole = snap.start_refresh();
+        snap.merge(running("i-1"), whole);
+        snap.finish_refresh(whole);
         assert_eq!(state_of(&snap, "i-2"), None);
         assert_eq!(snap.by_id.len(), 1);
         assert!(snap.fetched.is_some());

@@ -12,6 +12,7 @@ pub mod describe_slim;
 pub mod errors;
 pub mod iam_policy;
 pub mod images;
+pub mod instance_table;
 pub mod instance_tags;
 pub mod instances;
 pub mod launch;

@@ -54,7 +54,9 @@ struct State {
 /// The Nodes of one list, by name and by instance.
 #[derive(Default)]
 struct Generation {
-    nodes: HashMap<Sym, Compact>,
+    /// Boxed: a hash table keeps room for up to twice its entries, and a
+    /// `Compact` is ~160 bytes (a spare slot costs 16 this way).
+    nodes: HashMap<Sym, Box<Compact>>,
     /// (providerID, name) of each Node with an instance ID in its
     /// providerID, hashed by that ID.
     by_instance: HashTable<(Sym, Sym)>,
@@ -71,7 +73,7 @@ impl Generation {
             self.by_instance
                 .insert_unique(hasher.hash_one(Some(id)), entry, rehash);
         }
-        self.nodes.insert(c.name.clone(), c);
+        self.nodes.insert(c.name.clone(), Box::new(c));
     }
 
     fn remove(&mut self, hasher: &RandomState, name: &str) {
@@ -99,7 +101,7 @@ impl Generation {
         self.by_instance
             .iter_hash(hasher.hash_one(Some(id)))
             .filter(move |(p, _)| instance_id_from_provider_id(p) == Some(id))
-            .filter_map(|(_, name)| self.nodes.get(name))
+            .filter_map(|(_, name)| self.nodes.get(name).map(|c| &**c))
     }
 }
 

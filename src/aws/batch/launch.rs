@@ -235,16 +235,8 @@ mod tests {
 
     fn instance(id: &str, index: i32) -> InstanceInfo {
         InstanceInfo {
-            id: id.into(),
-            state: InstanceState::Pending,
-            state_reason: None,
-            instance_type: None,
-            private_dns_name: None,
-            addresses: Default::default(),
-            availability_zone: None,
-            tags: Default::default(),
-            post_launch: Default::default(),
             launch_index: Some(index),
+            ..InstanceInfo::bare(id, InstanceState::Pending)
         }
     }
 
