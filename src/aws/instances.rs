@@ -237,7 +237,7 @@ pub async fn describe(
 /// `InstanceInfo`s as it arrives, [`SlimDescribe`]; the SDK's model of it is
 /// never built) is gone before the next is asked for, and the caller need
 /// not hold every instance twice.
-async fn describe_each(
+pub async fn describe_each(
     handle: &Ec2Handle,
     filters: Vec<Filter>,
     ids: Vec<String>,
