@@ -121,9 +121,7 @@ pub async fn collect_once(ctx: &Context) -> Result<usize> {
         }
         // The cache may lag a Machine created a moment ago (or be behind
         // after a restart): ask the API server itself before terminating.
-        let live = machines_api(ctx).list(&ListParams::default()).await?;
-        let live: Vec<CachedMachine> = live.items.into_iter().map(CachedMachine::from).collect();
-        let (live_uids, live_ids) = claims(live.iter());
+        let (live_uids, live_ids) = live_claims(ctx).await?;
         let orphans: Vec<String> = candidates
             .into_iter()
             .filter(|i| is_orphan(i, &live_uids, &live_ids, ctx.config.namespace.as_deref()))
@@ -143,6 +141,31 @@ pub async fn collect_once(ctx: &Context) -> Result<usize> {
         terminated += orphans.len();
     }
     Ok(terminated)
+}
+
+/// How many Machines one page of [`live_claims`] lists.
+const LIVE_PAGE: u32 = 500;
+
+/// [`claims`] of every Machine as the API server has them, listed a page at
+/// a time: one list of 10,000 Machines would be ~40 MB of JSON, and the
+/// Machines of a page are dropped once their claims are taken.
+async fn live_claims(ctx: &Context) -> Result<(BTreeSet<String>, BTreeSet<String>)> {
+    let api = machines_api(ctx);
+    let (mut uids, mut ids) = (BTreeSet::new(), BTreeSet::new());
+    let mut params = ListParams::default().limit(LIVE_PAGE);
+    loop {
+        let page = api.list(&params).await?;
+        let next = page.metadata.continue_.filter(|c| !c.is_empty());
+        let machines: Vec<CachedMachine> =
+            page.items.into_iter().map(CachedMachine::from).collect();
+        let (u, i) = claims(machines.iter());
+        uids.extend(u);
+        ids.extend(i);
+        match next {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok((uids, ids)),
+        }
+    }
 }
 
 fn machines_api(ctx: &Context) -> Api<Machine> {
