@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use crate::api::stamp::Stamp;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -22,6 +21,7 @@ use super::observe::{node_belongs, node_by_name, report_failure, write_status};
 use super::{RECHECK_SOON, entered, humantime_minutes, resolve};
 use crate::api::machine::{Machine, NODE_LABEL};
 use crate::api::shared::{LastOperation, MachineOperationType, MachinePhase, MachineState};
+use crate::api::stamp::Stamp;
 use crate::aws::batch::launch::launch_tag;
 use crate::aws::clients::Ec2Handle;
 use crate::aws::instances::{self, InstanceInfo, InstanceState, instance_id_from_provider_id};

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 
-use crate::api::stamp::Stamp;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
@@ -20,6 +19,7 @@ use super::{PLACEMENT_ANNOTATION, RECHECK_SOON, Resolved, annotate, entered, hum
 use crate::api::machine::Machine;
 use crate::api::machine_class::MachineClass;
 use crate::api::shared::{LastOperation, MachineOperationType, MachinePhase, MachineState};
+use crate::api::stamp::Stamp;
 use aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder;
 
 use crate::aws::clients::Ec2Handle;

@@ -29,7 +29,6 @@ pub mod released;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -42,6 +41,7 @@ use super::error::{Error, Result};
 use crate::api::machine::Machine;
 use crate::api::machine_class::MachineClass;
 use crate::api::shared::{CurrentStatus, MachineOperationType, MachinePhase};
+use crate::api::stamp::Stamp;
 use crate::aws::clients::Ec2Handle;
 use crate::aws::credentials::user_data;
 use crate::aws::errors::ErrorClass;
@@ -222,7 +222,7 @@ fn entered(old: &CurrentStatus, phase: MachinePhase, timeout_active: bool) -> Cu
     CurrentStatus {
         phase: Some(phase),
         timeout_active,
-        last_update_time: Timestamp::now().into(),
+        last_update_time: Stamp::now(),
         ..old.clone()
     }
 }
