@@ -17,6 +17,7 @@ pub mod aws;
 pub mod controller;
 pub mod health;
 pub mod intern;
+pub mod kube_client;
 pub mod kube_metrics;
 pub mod leader;
 pub mod logging;

@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
-use kube::client::ClientBuilder;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::Reporter;
 use kube::{Client, Config};
@@ -31,7 +30,7 @@ use mcm_provider_aws::aws::credential_policy::{ArnPattern, CredentialPolicy};
 use mcm_provider_aws::aws::rate_limit::RateLimitConfig;
 use mcm_provider_aws::controller::{self, ControllerConfig};
 use mcm_provider_aws::health::{CACHES, Check, EC2_CREDENTIALS, Health, LEADER_ELECTION};
-use mcm_provider_aws::kube_metrics::counting_layer;
+use mcm_provider_aws::kube_client;
 use mcm_provider_aws::leader::{Election, LeaderElectionConfig, default_identity};
 use mcm_provider_aws::logging;
 use mcm_provider_aws::metrics::Metrics;
@@ -309,10 +308,7 @@ async fn client_for(
             .map_err(|e| format!("no Kubernetes configuration: {e}"))?,
     };
     config.default_retry = retry_throttled;
-    let builder = ClientBuilder::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))?;
-    Ok(builder
-        .with_layer(&counting_layer(metrics.kube_requests(), cluster))
-        .build())
+    kube_client::build(config, metrics.kube_requests(), cluster)
 }
 
 /// The credential policy of the flags, logged once: which identities a
