@@ -61,6 +61,18 @@ pub fn read(xml: &str) -> Result<Page, XmlDecodeError> {
     Ok(page)
 }
 
+/// Reads one instance: an `<item>` of an `instancesSet`, alone (the
+/// slimmer hands each over as it closes, see
+/// [`super::describe_slim`]).
+pub fn read_instance(xml: &str) -> Result<InstanceInfo, XmlDecodeError> {
+    let mut doc = Document::new(xml);
+    let mut item = doc.root_element()?;
+    if !item.start_el().matches("item") {
+        return Err(XmlDecodeError::custom("not an instance item"));
+    }
+    instance(&mut item)
+}
+
 fn text(tag: &mut ScopedDecoder<'_, '_>) -> Result<String, XmlDecodeError> {
     try_data(tag).map(Cow::into_owned)
 }

@@ -10,9 +10,11 @@
 //! calls, rewrites a successful answer to those elements ([`slim`]) before
 //! the SDK's deserializer sees it: the same XML, minus what nobody reads.
 //! It slims the answer piece by piece as it arrives, so the full answer is
-//! never held either. The slimmed answer is then read into
-//! `InstanceInfo`s by [`super::describe_page`] (the SDK's model of even the
-//! slimmed page was 4.9 MB for 1,000 instances), left in the interceptor's
+//! never held either. Each instance is read into an `InstanceInfo` by
+//! [`super::describe_page`] as soon as its element closes (the SDK's model
+//! of even the slimmed page was 4.9 MB for 1,000 instances; the slimmed
+//! text of the page, 1.25 MB, is not held either: only the envelope and
+//! the instance being read). The page is left in the interceptor's
 //! [`PageSlot`] for the caller, and the SDK gets an empty answer (it reads
 //! the request ID from the headers). An answer that is not well-formed XML
 //! of that shape fails the call (as the SDK's parser would: a Transient
@@ -32,6 +34,7 @@ use http_body::{Body, Frame};
 use xmlparser::{ElementEnd, Token, Tokenizer};
 
 use super::describe_page::{self, Page};
+use super::instances::InstanceInfo;
 
 /// Which children of an element are kept: all of them and their content
 /// ([`Keep::All`]), or the listed ones, each with its own rule.
@@ -80,6 +83,17 @@ const RESERVATION: &[(&str, Keep)] = &[
     ("instancesSet", Only(&[("item", Only(INSTANCE))])),
 ];
 
+/// Whether `keep` is an instance's rule: the element [`Slimmer`] reads
+/// alone once it closes.
+fn is_instance(keep: Keep) -> bool {
+    matches!(keep, Only(children) if std::ptr::eq(children, INSTANCE))
+}
+
+/// The most [`Slimmer::pending`] keeps between pieces: the unfinished tail
+/// of a piece is a tag or two, but hyper hands on pieces of up to ~400 KB,
+/// which a `Vec` would otherwise keep room for.
+const PENDING_KEPT: usize = 16 * 1024;
+
 /// The children of `DescribeInstancesResponse` kept.
 const RESPONSE: &[(&str, Keep)] = &[
     ("requestId", All),
@@ -94,7 +108,7 @@ const RESPONSE: &[(&str, Keep)] = &[
 pub fn slim(xml: &str) -> Option<String> {
     let mut slimmer = Slimmer::default();
     slimmer.feed(xml.as_bytes());
-    slimmer.finish()
+    slimmer.finish().map(|(text, _)| text)
 }
 
 /// [`slim`] as the answer arrives: each piece is slimmed as soon as it
@@ -103,6 +117,11 @@ pub fn slim(xml: &str) -> Option<String> {
 #[derive(Default)]
 struct Slimmer {
     out: String,
+    /// `Some` when each instance is read as it closes instead of kept in
+    /// `out` ([`Slimmer::reading`]): those read so far.
+    instances: Option<Vec<InstanceInfo>>,
+    /// Where in `out` the open instance element starts.
+    instance_at: usize,
     /// What arrived but is not slimmed yet: from the last `<` on.
     pending: Vec<u8>,
     /// Each open kept element: its rule and where `out` holds its name.
@@ -116,6 +135,15 @@ struct Slimmer {
 }
 
 impl Slimmer {
+    /// A slimmer that reads each instance into an [`InstanceInfo`] as its
+    /// element closes and keeps only the rest (the envelope) as text.
+    fn reading() -> Self {
+        Self {
+            instances: Some(Vec::new()),
+            ..Self::default()
+        }
+    }
+
     /// Takes the next piece of the answer.
     fn feed(&mut self, bytes: &[u8]) {
         if self.failed {
@@ -134,18 +162,24 @@ impl Slimmer {
         };
         if cut > 0 && self.slim_piece(cut, false) {
             self.pending.drain(..cut);
+            if self.pending.capacity() > PENDING_KEPT {
+                self.pending.shrink_to(PENDING_KEPT);
+            }
         }
     }
 
-    /// The slimmed answer; `None` when it was not one well-formed document.
-    fn finish(mut self) -> Option<String> {
+    /// The slimmed answer and the instances read out of it (none unless
+    /// [`Slimmer::reading`]); `None` when it was not one well-formed
+    /// document.
+    fn finish(mut self) -> Option<(String, Vec<InstanceInfo>)> {
         if !self.started && !self.declaration() {
             self.started = true;
         }
         let all = self.pending.len();
         if !self.failed && self.slim_piece(all, true) {
             let whole = self.seen_root && self.open.is_empty() && self.skip == 0;
-            return whole.then_some(self.out);
+            let instances = self.instances.unwrap_or_default();
+            return whole.then_some((self.out, instances));
         }
         None
     }
@@ -178,7 +212,18 @@ impl Slimmer {
     /// answer when it is the last (`last`); otherwise it is undone, to be
     /// tried again with more: false either way.
     fn slim_piece(&mut self, len: usize, last: bool) -> bool {
-        let undo = (self.out.len(), self.open.clone(), self.skip, self.seen_root);
+        // What an undo restores: `out` from `base` on may be cut by the
+        // instances this piece reads (from the start of the one open, if
+        // any), the rest is only appended to.
+        let open_instance = self.open.iter().any(|(keep, _)| is_instance(*keep));
+        let base = if open_instance {
+            self.instance_at
+        } else {
+            self.out.len()
+        };
+        let tail = self.out[base..].to_owned();
+        let undo = (self.open.clone(), self.skip, self.seen_root);
+        let (read, instance_at) = (self.instances.as_ref().map(Vec::len), self.instance_at);
         let pending = std::mem::take(&mut self.pending);
         let ok = match std::str::from_utf8(&pending[..len]) {
             Ok(piece) => self.tokens(piece).is_some(),
@@ -189,8 +234,13 @@ impl Slimmer {
             if last {
                 self.failed = true;
             } else {
-                self.out.truncate(undo.0);
-                (self.open, self.skip, self.seen_root) = (undo.1, undo.2, undo.3);
+                self.out.truncate(base);
+                self.out.push_str(&tail);
+                (self.open, self.skip, self.seen_root) = undo;
+                if let (Some(instances), Some(read)) = (self.instances.as_mut(), read) {
+                    instances.truncate(read);
+                }
+                self.instance_at = instance_at;
             }
         }
         ok
@@ -233,6 +283,9 @@ impl Slimmer {
                     };
                     match rule {
                         Some(rule) => {
+                            if is_instance(rule) {
+                                self.instance_at = out.len();
+                            }
                             let name = out.len() + (local.start() - span.start());
                             self.open.push((rule, name..name + local.as_str().len()));
                             out.push_str(span.as_str());
@@ -245,17 +298,25 @@ impl Slimmer {
                     out.push_str(span.as_str());
                 }
                 Token::ElementEnd { end, span } => {
-                    match end {
-                        ElementEnd::Open => {}
-                        ElementEnd::Empty => _ = self.open.pop()?,
+                    let closed = match end {
+                        ElementEnd::Open => None,
+                        ElementEnd::Empty => Some(self.open.pop()?.0),
                         ElementEnd::Close(_, local) => {
-                            let (_, name) = self.open.pop()?;
+                            let (keep, name) = self.open.pop()?;
                             if out[name] != *local.as_str() {
                                 return None;
                             }
+                            Some(keep)
                         }
-                    }
+                    };
                     out.push_str(span.as_str());
+                    if let (Some(keep), Some(instances)) = (closed, self.instances.as_mut())
+                        && is_instance(keep)
+                    {
+                        let at = self.instance_at;
+                        instances.push(describe_page::read_instance(&out[at..]).ok()?);
+                        out.truncate(at);
+                    }
                 }
                 Token::Text { text } if keeps_all => out.push_str(text.as_str()),
                 Token::Cdata { span, .. } if keeps_all => out.push_str(span.as_str()),
@@ -333,14 +394,16 @@ impl SlimBody {
     fn new(inner: SdkBody, slot: PageSlot) -> Self {
         Self {
             inner,
-            slimmer: Some(Slimmer::default()),
+            slimmer: Some(Slimmer::reading()),
             slot,
         }
     }
 
-    /// Reads the slimmed answer into the slot; the SDK's answer.
-    fn hand_on(&self, slimmed: &str) -> Option<Bytes> {
-        let page = describe_page::read(slimmed).ok()?;
+    /// Reads what is left of the slimmed answer (all but its instances,
+    /// `instances`) into the slot; the SDK's answer.
+    fn hand_on(&self, (envelope, instances): (String, Vec<InstanceInfo>)) -> Option<Bytes> {
+        let mut page = describe_page::read(&envelope).ok()?;
+        page.instances = instances;
         *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(page);
         Some(Bytes::from_static(EMPTY_ANSWER))
     }
@@ -376,7 +439,7 @@ impl Body for SlimBody {
                 Some(Err(e)) => return Poll::Ready(Some(Err(e))),
                 None => {
                     let slimmed = this.slimmer.take().and_then(Slimmer::finish);
-                    let frame = match slimmed.and_then(|s| this.hand_on(&s)) {
+                    let frame = match slimmed.and_then(|s| this.hand_on(s)) {
                         Some(answer) => Ok(Frame::data(answer)),
                         None => Err(NotXml.into()),
                     };
@@ -693,7 +756,11 @@ mod tests {
             let mut slimmer = Slimmer::default();
             slimmer.feed(&bytes[..cut]);
             slimmer.feed(&bytes[cut..]);
-            assert_eq!(slimmer.finish().as_ref(), Some(&whole), "cut at {cut}");
+            assert_eq!(
+                slimmer.finish().map(|(t, _)| t).as_ref(),
+                Some(&whole),
+                "cut at {cut}"
+            );
         }
         // And byte by byte, a comment with markup in it included.
         let commented = ANSWER.replace("<!-- a comment -->", "<!-- <a> <b/> -->");
@@ -701,7 +768,58 @@ mod tests {
         for b in commented.as_bytes() {
             slimmer.feed(std::slice::from_ref(b));
         }
-        assert_eq!(slimmer.finish(), Some(whole));
+        assert_eq!(slimmer.finish().map(|(t, _)| t), Some(whole));
+    }
+
+    /// What the body's slimmer leaves after feeding `pieces`: the envelope
+    /// and the instances read out of it.
+    fn read_in_pieces<'a>(
+        pieces: impl IntoIterator<Item = &'a [u8]>,
+    ) -> (String, Vec<InstanceInfo>) {
+        let mut slimmer = Slimmer::reading();
+        for piece in pieces {
+            slimmer.feed(piece);
+        }
+        slimmer.finish().expect("well-formed")
+    }
+
+    #[test]
+    fn instances_read_as_they_close_are_the_pages_and_leave_only_the_envelope() {
+        let commented = ANSWER.replace("<!-- a comment -->", "<!-- <a> <b/> -->");
+        for answer in [ANSWER, EDGES, commented.as_str()] {
+            let whole = describe_page::read(&slim(answer).unwrap()).unwrap();
+            let bytes = answer.as_bytes();
+            for cut in 0..=bytes.len() {
+                let (envelope, instances) = read_in_pieces([&bytes[..cut], &bytes[cut..]]);
+                assert_eq!(instances, whole.instances, "cut at {cut}");
+                assert!(!envelope.contains("instanceId"), "{envelope}");
+                let rest = describe_page::read(&envelope).unwrap();
+                assert_eq!(rest.next_token, whole.next_token);
+            }
+            // Byte by byte: every piece but the ones at a `<` is undone
+            // and tried again, inside an open instance too.
+            let (_, instances) = read_in_pieces(bytes.chunks(1));
+            assert_eq!(instances, whole.instances);
+        }
+    }
+
+    #[test]
+    fn the_pending_tail_does_not_keep_room_for_a_whole_piece() {
+        let mut big =
+            String::from("<DescribeInstancesResponse><reservationSet><item><instancesSet>");
+        for i in 0..2000 {
+            big.push_str(&format!(
+                "<item><instanceId>i-{i}</instanceId><imageId>ami-1</imageId></item>"
+            ));
+        }
+        big.push_str("</instancesSet></item></reservationSet></DescribeInstancesResponse>");
+        let mut slimmer = Slimmer::reading();
+        slimmer.feed(big.as_bytes());
+        assert!(slimmer.pending.capacity() <= PENDING_KEPT);
+        assert!(slimmer.out.len() < 200, "{}", slimmer.out.len());
+        let (_, instances) = slimmer.finish().unwrap();
+        assert_eq!(instances.len(), 2000);
+        assert_eq!(instances[1999].id, "i-1999");
     }
 
     #[tokio::test]
