@@ -4,6 +4,7 @@
 pub mod cached_machine;
 pub mod caches;
 pub mod class;
+pub mod compact_id;
 pub mod config;
 pub mod context;
 pub mod error;

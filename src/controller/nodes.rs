@@ -30,6 +30,7 @@ use tokio::sync::watch;
 
 use crate::api::stamp::Stamp;
 use crate::aws::instances::instance_id_from_provider_id;
+use crate::controller::compact_id::CompactId;
 use crate::intern::IStr;
 
 /// The cache's strings: thin (8 bytes a field), interned in the process-wide
@@ -117,8 +118,8 @@ type Pairs = Option<Box<[(Sym, Sym)]>>;
 
 struct Compact {
     name: Sym,
-    uid: Option<Box<str>>,
-    resource_version: Option<Box<str>>,
+    uid: CompactId,
+    resource_version: CompactId,
     created: Stamp,
     deleted: Stamp,
     labels: Pairs,
@@ -142,7 +143,6 @@ struct CompactCondition {
     status: Sym,
     reason: Option<Sym>,
     message: Option<Sym>,
-    last_heartbeat_time: Stamp,
     last_transition_time: Stamp,
 }
 
@@ -251,9 +251,10 @@ fn announce_node(node: Node) -> Announce {
 /// What the operator keeps of a Node: name, uid, resourceVersion, creation
 /// and deletion time, labels and annotations (node templates, preservation
 /// and the autoscaler's marks are merge patches computed from them);
-/// providerID, `unschedulable` and taints; conditions and addresses.
-/// Everything else (images, node info, capacity, volumes, managedFields,
-/// pod CIDRs) is dropped.
+/// providerID, `unschedulable` and taints; conditions (without their
+/// heartbeat times: a Machine's copies leave them out, and nothing else
+/// reads them) and addresses. Everything else (images, node info, capacity,
+/// volumes, managedFields, pod CIDRs) is dropped.
 pub fn trim_node(node: &mut Node) {
     let taken = std::mem::take(node);
     *node = trimmed(taken);
@@ -281,7 +282,12 @@ fn trimmed(node: Node) -> Node {
             ..NodeSpec::default()
         }),
         status: Some(NodeStatus {
-            conditions: status.conditions,
+            conditions: status.conditions.map(|mut cs| {
+                for c in &mut cs {
+                    c.last_heartbeat_time = None;
+                }
+                cs
+            }),
             addresses: status.addresses,
             ..NodeStatus::default()
         }),
@@ -296,8 +302,8 @@ impl Compact {
         let mut s = IStr::new;
         Compact {
             name: s(meta.name.as_deref().unwrap_or_default()),
-            uid: meta.uid.as_deref().map(Box::from),
-            resource_version: meta.resource_version.as_deref().map(Box::from),
+            uid: CompactId::of(meta.uid.as_deref()),
+            resource_version: CompactId::of(meta.resource_version.as_deref()),
             created: Stamp::of(&meta.creation_timestamp),
             deleted: Stamp::of(&meta.deletion_timestamp),
             labels: meta.labels.as_ref().map(|m| pairs(&mut s, m)),
@@ -321,7 +327,6 @@ impl Compact {
                         status: s(&c.status),
                         reason: c.reason.as_deref().map(&mut s),
                         message: c.message.as_deref().map(&mut s),
-                        last_heartbeat_time: Stamp::of(&c.last_heartbeat_time),
                         last_transition_time: Stamp::of(&c.last_transition_time),
                     })
                     .collect()
@@ -344,8 +349,8 @@ impl Compact {
         Node {
             metadata: ObjectMeta {
                 name: Some(text(&self.name)),
-                uid: self.uid.as_deref().map(str::to_string),
-                resource_version: self.resource_version.as_deref().map(str::to_string),
+                uid: self.uid.to_option(),
+                resource_version: self.resource_version.to_option(),
                 creation_timestamp: self.created.time(),
                 deletion_timestamp: self.deleted.time(),
                 labels: map(&self.labels),
@@ -375,7 +380,7 @@ impl Compact {
                             status: text(&c.status),
                             reason: c.reason.as_ref().map(text),
                             message: c.message.as_ref().map(text),
-                            last_heartbeat_time: c.last_heartbeat_time.time(),
+                            last_heartbeat_time: None,
                             last_transition_time: c.last_transition_time.time(),
                         })
                         .collect()
