@@ -160,6 +160,11 @@ async fn measure(n: usize) {
         idle as f64 / 1024.0
     );
     println!(
+        "BENCH scale {n}: of the current RSS {:.1} MiB anonymous (heap, stacks), {:.1} MiB the binary's own pages",
+        proc_status_kib(&s, "RssAnon:") as f64 / 1024.0,
+        proc_status_kib(&s, "RssFile:") as f64 / 1024.0
+    );
+    println!(
         "BENCH scale {n}: steady state {:.1} EC2 calls/min ({:?}), {:.1} Kubernetes API requests/min",
         ec2_calls as f64 / minutes,
         proxy.calls(),
@@ -250,7 +255,8 @@ async fn run_instances(s: &Scenario, spec: &Value, n: usize) -> Vec<(String, Str
     out
 }
 
-/// A value of the operator's /proc status in KiB (`VmHWM`, `VmRSS`).
+/// A value of the operator's /proc status in KiB (`VmHWM`, `VmRSS`,
+/// `RssAnon`, `RssFile`).
 fn proc_status_kib(s: &Scenario, field: &str) -> u64 {
     let pid = s.op.pid().expect("the operator runs");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
