@@ -27,6 +27,7 @@ RUN case "${TARGETARCH:-amd64}" in \
  && rustup target add "$(cat /rust-target)"
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+COPY .cargo ./.cargo
 COPY src ./src
 COPY crdgen ./crdgen
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

@@ -29,6 +29,8 @@ printf '  file: %s\n' "$(file -L "$BIN" | cut -d: -f2- | cut -c2-120)"
 printf '  ldd:  %s\n' "$(ldd "$BIN" 2>&1 | head -n1 | sed 's/^\s*//')"
 printf '  size: %s\n' "$(du -h "$BIN" | cut -f1)"
 check "the binary is statically linked" is_static
+packed_relocations() { readelf -d "$BIN" | grep -q '(RELR)'; }
+check "its relative relocations are packed (DT_RELR, .cargo/config.toml)" packed_relocations
 
 runs_alone() {
   local root; root="$(mktemp -d)"
