@@ -36,11 +36,12 @@ async fn invalid_class_is_reported_and_fixing_it_recovers() {
     let cond = status
         .conditions
         .iter()
-        .find(|c| c.type_ == "MachineConfigurationValid")
+        .find(|c| c.text.type_ == "MachineConfigurationValid")
         .expect("configuration condition");
-    assert_eq!(cond.status, "False");
+    assert_eq!(cond.text.status, "False");
     assert!(
-        cond.message
+        cond.text
+            .message
             .as_deref()
             .unwrap_or_default()
             .contains("providerSpec.tags"),
@@ -61,9 +62,9 @@ async fn invalid_class_is_reported_and_fixing_it_recovers() {
         .unwrap()
         .conditions
         .into_iter()
-        .find(|c| c.type_ == "MachineConfigurationValid")
+        .find(|c| c.text.type_ == "MachineConfigurationValid")
         .unwrap();
-    assert_eq!(cond.status, "True");
+    assert_eq!(cond.text.status, "True");
 }
 
 #[tokio::test]

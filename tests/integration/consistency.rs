@@ -119,7 +119,7 @@ async fn a_class_moved_to_another_region_keeps_its_machines_where_they_live() {
             status
                 .conditions
                 .iter()
-                .any(|c| c.type_ == "Drifted" && c.status == "True")
+                .any(|c| c.text.type_ == "Drifted" && c.text.status == "True")
                 .then_some(m)
         },
         || s.op.log(),
@@ -178,8 +178,9 @@ async fn a_class_pointed_at_other_credentials_rolls_its_machines() {
         || async {
             pool(&s, "web").await.into_iter().find_map(|m| {
                 let c = m.status.as_ref()?.condition("Drifted")?.clone();
-                let says = c.status == "True"
-                    && c.message
+                let says = c.text.status == "True"
+                    && c.text
+                        .message
                         .as_deref()
                         .is_some_and(|m| m.contains("credentials"));
                 (old_names.contains(&m.name_any()) && says).then_some(())
@@ -287,13 +288,14 @@ async fn refused_tag_updates_are_reported_and_do_not_stop_the_machine() {
         .wait_machine(
             "a TagsApplied=False condition naming CreateTags",
             "t1",
-            |m| tags_applied(m).is_some_and(|c| c.status == "False"),
+            |m| tags_applied(m).is_some_and(|c| c.text.status == "False"),
         )
         .await;
     let c = tags_applied(&refused).unwrap();
-    assert_eq!(c.reason.as_deref(), Some("CreateTagsFailed"), "{c:?}");
+    assert_eq!(c.text.reason.as_deref(), Some("CreateTagsFailed"), "{c:?}");
     assert!(
-        c.message
+        c.text
+            .message
             .as_deref()
             .is_some_and(|m| m.contains("UnauthorizedOperation")),
         "{c:?}"
@@ -305,7 +307,7 @@ async fn refused_tag_updates_are_reported_and_do_not_stop_the_machine() {
     proxy.set_rules(vec![]);
     s.nudge("t1").await;
     s.wait_machine("TagsApplied=True once CreateTags works", "t1", |m| {
-        tags_applied(m).is_some_and(|c| c.status == "True")
+        tags_applied(m).is_some_and(|c| c.text.status == "True")
     })
     .await;
     let live = s.live_instances().await;

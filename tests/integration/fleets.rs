@@ -119,11 +119,11 @@ impl Sampler {
                             .status
                             .as_ref()
                             .and_then(|st| st.condition(CONDITION_DRIFTED))
-                            && c.status == "True"
+                            && c.text.status == "True"
                         {
                             samples
                                 .drift_messages
-                                .insert(c.message.as_deref().unwrap_or_default().to_string());
+                                .insert(c.text.message.as_deref().unwrap_or_default().to_string());
                         }
                     }
                 }
@@ -418,7 +418,7 @@ async fn class_edit_updates_tags_in_place_and_rolls_the_instance_type() {
             .as_ref()
             .and_then(|st| st.condition(CONDITION_DRIFTED))
             .unwrap();
-        assert_eq!(drifted.status, "False", "{drifted:?}");
+        assert_eq!(drifted.text.status, "False", "{drifted:?}");
     }
     let all = ec2::instances_of_namespace(&s.ec2, &s.ns).await;
     assert_eq!(
@@ -568,7 +568,7 @@ async fn machine_sets_replace_drifted_machines_only_when_annotated() {
         async move {
             let m = api.get(&name).await.ok()?;
             let c = m.status?.condition(CONDITION_DRIFTED)?.clone();
-            (c.status == "True").then_some(c.message.unwrap_or_default())
+            (c.text.status == "True").then_some(c.text.message.clone().unwrap_or_default())
         }
     };
     let kept_message = eventually_or(

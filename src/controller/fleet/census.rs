@@ -74,7 +74,7 @@ pub fn is_drifted(m: &Machine) -> bool {
     m.status
         .as_ref()
         .and_then(|s| s.condition(CONDITION_DRIFTED))
-        .is_some_and(|c| c.status == "True")
+        .is_some_and(|c| c.text.status == "True")
 }
 
 /// The value of [`MACHINE_PRIORITY_ANNOTATION`], 3 when absent or not a number.
@@ -305,7 +305,7 @@ pub fn next_available(
 pub(crate) mod fixtures {
     //! `machine("m1").phase(Running).since(10).created(3)`-style builders.
     use super::*;
-    use crate::api::machine::{MachineCondition, MachineSpec, MachineStatus};
+    use crate::api::machine::{ConditionText, MachineCondition, MachineSpec, MachineStatus};
     use crate::api::shared::{CurrentStatus, LastOperation};
 
     pub fn at(secs: i64) -> Timestamp {
@@ -353,8 +353,12 @@ pub(crate) mod fixtures {
         pub fn drifted(mut self) -> Self {
             let status = self.0.status.get_or_insert_with(MachineStatus::default);
             status.conditions.push(MachineCondition {
-                type_: CONDITION_DRIFTED.into(),
-                status: "True".into(),
+                text: ConditionText {
+                    type_: CONDITION_DRIFTED.into(),
+                    status: "True".into(),
+                    ..ConditionText::default()
+                }
+                .into(),
                 ..MachineCondition::default()
             });
             self

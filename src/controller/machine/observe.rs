@@ -287,7 +287,7 @@ pub(super) async fn observe(
     }
     let was_drifted = old
         .condition(CONDITION_DRIFTED)
-        .is_some_and(|c| c.status == "True");
+        .is_some_and(|c| c.text.status == "True");
     if let (Some(message), false) = (drift_message, was_drifted) {
         publish(ctx, m, EventType::Normal, "Drifted", "Update", message).await;
     }
@@ -346,7 +346,7 @@ pub(super) fn merged_conditions(
         .map(|cs| cs.iter().map(MachineCondition::from).collect())
         .unwrap_or_else(|| {
             old.iter()
-                .filter(|c| !ours.contains(&c.type_.as_str()))
+                .filter(|c| !ours.contains(&c.text.type_.as_str()))
                 .cloned()
                 .collect()
         });
@@ -378,7 +378,11 @@ pub(super) fn merged_conditions(
                 message,
             ));
         }
-        None => out.extend(old.iter().find(|c| c.type_ == CONDITION_DRIFTED).cloned()),
+        None => out.extend(
+            old.iter()
+                .find(|c| c.text.type_ == CONDITION_DRIFTED)
+                .cloned(),
+        ),
     }
     match tags {
         Some((status, reason, message)) => out.push(stable_condition(
@@ -390,7 +394,7 @@ pub(super) fn merged_conditions(
         )),
         None => out.extend(
             old.iter()
-                .find(|c| c.type_ == CONDITION_TAGS_APPLIED)
+                .find(|c| c.text.type_ == CONDITION_TAGS_APPLIED)
                 .cloned(),
         ),
     }
@@ -406,19 +410,14 @@ pub(super) fn stable_condition(
     reason: &str,
     message: String,
 ) -> MachineCondition {
-    let previous = old.iter().find(|c| c.type_ == type_);
+    let previous = old.iter().find(|c| c.text.type_ == type_);
     match previous {
-        Some(p) if p.status == status && p.message.as_deref() == Some(message.as_str()) => {
+        Some(p)
+            if p.text.status == status && p.text.message.as_deref() == Some(message.as_str()) =>
+        {
             p.clone()
         }
-        _ => MachineCondition {
-            type_: type_.into(),
-            status: status.into(),
-            reason: Some(reason.into()),
-            message: Some(message.into()),
-            last_transition_time: Stamp::now(),
-            last_heartbeat_time: Stamp::NONE,
-        },
+        _ => MachineCondition::new(type_, status, reason, &message),
     }
 }
 
@@ -549,18 +548,27 @@ mod tests {
     fn drifted_condition_is_kept_between_passes_and_moves_only_on_change() {
         let drifted = || Some(("True", "ProviderSpecChanged", "ami changed".to_string()));
         let first = merged_conditions(&[], None, None, drifted(), None);
-        let c = first.iter().find(|c| c.type_ == CONDITION_DRIFTED).unwrap();
-        assert_eq!(c.status, "True");
+        let c = first
+            .iter()
+            .find(|c| c.text.type_ == CONDITION_DRIFTED)
+            .unwrap();
+        assert_eq!(c.text.status, "True");
         // A pass that does not look at drift (a failure report) keeps it.
         let kept = merged_conditions(&first, None, Some("bad"), None, None);
-        assert_eq!(kept.iter().find(|c| c.type_ == CONDITION_DRIFTED), Some(c));
+        assert_eq!(
+            kept.iter().find(|c| c.text.type_ == CONDITION_DRIFTED),
+            Some(c)
+        );
         // Same drift again: the very same condition, timestamps included.
         let again = merged_conditions(&kept, None, None, drifted(), None);
-        assert_eq!(again.iter().find(|c| c.type_ == CONDITION_DRIFTED), Some(c));
+        assert_eq!(
+            again.iter().find(|c| c.text.type_ == CONDITION_DRIFTED),
+            Some(c)
+        );
         assert_eq!(
             again
                 .iter()
-                .filter(|c| c.type_ == CONDITION_DRIFTED)
+                .filter(|c| c.text.type_ == CONDITION_DRIFTED)
                 .count(),
             1
         );
@@ -589,10 +597,10 @@ mod tests {
         let invalid = merged_conditions(&second, Some(&n), Some("bad"), None, None);
         let c = invalid
             .iter()
-            .find(|c| c.type_ == CONDITION_CONFIG_VALID)
+            .find(|c| c.text.type_ == CONDITION_CONFIG_VALID)
             .unwrap();
         assert_eq!(
-            (c.status.as_str(), c.message.as_deref()),
+            (c.text.status.as_str(), c.text.message.as_deref()),
             ("False", Some("bad"))
         );
     }
@@ -607,26 +615,26 @@ mod tests {
         let failed = merged_conditions(&[], None, None, None, Some(refused.condition()));
         let c = failed
             .iter()
-            .find(|c| c.type_ == CONDITION_TAGS_APPLIED)
+            .find(|c| c.text.type_ == CONDITION_TAGS_APPLIED)
             .unwrap();
         assert_eq!(
-            (c.status.as_str(), c.reason.as_deref()),
+            (c.text.status.as_str(), c.text.reason.as_deref()),
             ("False", Some("CreateTagsFailed"))
         );
         // A pass that does not touch tags (a failure report) keeps it.
         let kept = merged_conditions(&failed, None, Some("bad"), None, None);
         assert_eq!(
-            kept.iter().find(|c| c.type_ == CONDITION_TAGS_APPLIED),
+            kept.iter().find(|c| c.text.type_ == CONDITION_TAGS_APPLIED),
             Some(c)
         );
         let applied =
             merged_conditions(&kept, None, None, None, Some(TagSync::Applied.condition()));
         let c = applied
             .iter()
-            .find(|c| c.type_ == CONDITION_TAGS_APPLIED)
+            .find(|c| c.text.type_ == CONDITION_TAGS_APPLIED)
             .unwrap();
         assert_eq!(
-            (c.status.as_str(), c.reason.as_deref()),
+            (c.text.status.as_str(), c.text.reason.as_deref()),
             ("True", Some("Applied"))
         );
     }

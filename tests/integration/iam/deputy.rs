@@ -38,10 +38,10 @@ async fn wait_refused(s: &Scenario, name: &str, needles: &[&str]) -> Machine {
                 .as_ref()
                 .and_then(|st| st.condition("MachineConfigurationValid"))
                 .is_some_and(|c| {
-                    c.status == "False"
+                    c.text.status == "False"
                         && needles
                             .iter()
-                            .all(|n| c.message.as_deref().unwrap_or_default().contains(n))
+                            .all(|n| c.text.message.as_deref().unwrap_or_default().contains(n))
                 })
         })
         .await;
@@ -144,7 +144,7 @@ async fn the_operators_identity_and_listed_roles_are_used_when_allowed() {
         .status
         .unwrap()
         .condition("MachineConfigurationValid")
-        .and_then(|c| c.message.clone())
+        .and_then(|c| c.text.message.clone())
         .unwrap_or_default();
     assert!(
         !message.contains("--allow-operator-credentials"),
