@@ -41,6 +41,8 @@ pub const READ_BUFFER_MAX: usize = 32 * 1024;
 
 /// A kube client for `config`, its requests counted under `cluster` in
 /// `requests` (`mcm_kube_requests_total`) before anything else sees them.
+/// rustls's crypto provider must be installed first (`main` does, for kube
+/// and the AWS SDK alike).
 pub fn build(
     config: Config,
     requests: KubeRequests,
@@ -51,7 +53,6 @@ pub fn build(
             "Kubernetes client: proxy {proxy} in the kubeconfig is not supported"
         ));
     }
-    ensure_crypto_provider();
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     let tls = config
@@ -86,15 +87,6 @@ pub fn build(
         .map_err(BoxError::from)
         .service(hyper);
     Ok(Client::new(service, config.default_namespace))
-}
-
-/// rustls needs a process-wide crypto provider; kube installs aws-lc-rs's
-/// when none is, and so does this (an error only means another thread was
-/// first).
-fn ensure_crypto_provider() {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    }
 }
 
 #[cfg(test)]

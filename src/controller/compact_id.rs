@@ -8,7 +8,7 @@
 //! folded into 16 bytes or a number only when its text is exactly what
 //! folding gives back, so every value reads back byte for byte.
 
-use std::fmt::Write as _;
+use uuid::Uuid;
 
 /// See the module docs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -16,7 +16,7 @@ pub enum CompactId {
     #[default]
     Absent,
     /// A lowercase, hyphenated UUID.
-    Uuid([u8; 16]),
+    Uuid(Uuid),
     /// A decimal number without leading zeros.
     Number(u64),
     Text(Box<str>),
@@ -27,7 +27,9 @@ impl CompactId {
         let Some(v) = value else {
             return Self::Absent;
         };
-        if let Some(uuid) = uuid_of(v) {
+        if let Ok(uuid) = Uuid::try_parse(v)
+            && uuid.hyphenated().to_string() == v
+        {
             return Self::Uuid(uuid);
         }
         if let Ok(n) = v.parse::<u64>()
@@ -42,50 +44,11 @@ impl CompactId {
     pub fn to_option(&self) -> Option<String> {
         match self {
             Self::Absent => None,
-            Self::Uuid(bytes) => Some(uuid_text(bytes)),
+            Self::Uuid(uuid) => Some(uuid.hyphenated().to_string()),
             Self::Number(n) => Some(n.to_string()),
             Self::Text(t) => Some(t.to_string()),
         }
     }
-}
-
-/// Where the hyphens of a UUID's text are.
-const HYPHENS: [usize; 4] = [8, 13, 18, 23];
-
-fn uuid_of(v: &str) -> Option<[u8; 16]> {
-    let b = v.as_bytes();
-    if b.len() != 36 || HYPHENS.iter().any(|&i| b[i] != b'-') {
-        return None;
-    }
-    let mut digits = b.iter().filter(|&&c| c != b'-');
-    let mut out = [0u8; 16];
-    for byte in &mut out {
-        let hi = lower_hex(*digits.next()?)?;
-        let lo = lower_hex(*digits.next()?)?;
-        *byte = hi << 4 | lo;
-    }
-    Some(out)
-}
-
-/// A lowercase hexadecimal digit's value (uppercase ones would not read
-/// back the same).
-fn lower_hex(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    }
-}
-
-fn uuid_text(bytes: &[u8; 16]) -> String {
-    let mut s = String::with_capacity(36);
-    for (i, byte) in bytes.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            s.push('-');
-        }
-        let _ = write!(s, "{byte:02x}");
-    }
-    s
 }
 
 #[cfg(test)]
